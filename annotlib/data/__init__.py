@@ -1,0 +1,80 @@
+"""Datasets: one reader per on-disk format, one entry point, :func:`load_split`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .aia import read_aia
+from .batches import DeviceBatches
+from .cache import cached_images, channel_stats
+from .labels import DataError, Split, carve_validation
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    folder: str  # its folder under the data root
+    read: Callable[[Path, str], Split]  # (root, official split name) -> Split
+    official_splits: tuple[str, ...] = ("train", "test")
+
+
+def _synthetic(root: Path, split: str) -> Split:
+    from .synthetic import generate_synthetic, read_synthetic
+    if not (root / "train.json").exists():  # generated once, with the default parameters
+        generate_synthetic(root)
+    return read_synthetic(root, split)
+
+
+def _aia(name: str) -> Callable[[Path, str], Split]:
+    return lambda root, split: read_aia(root, split, name)
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "synthetic": DatasetInfo("synthetic", _synthetic),
+    "corel-5k": DatasetInfo("Corel-5k", _aia("corel-5k")),
+    "esp-game": DatasetInfo("ESP-Game", _aia("esp-game")),
+    "iapr-tc-12": DatasetInfo("IAPR-TC-12", _aia("iapr-tc-12")),
+}
+
+
+def dataset_root(dataset: str, root: str | Path | None = None) -> Path:
+    """``root`` if given, else ``$ANNOTLIB_DATA_ROOT/<the dataset's folder>``; the synthetic
+    set defaults to its generated copy in the cache."""
+    if root is not None:
+        return Path(root)
+    if dataset == "synthetic":
+        from .synthetic import default_synthetic_root
+        return default_synthetic_root()
+    if "ANNOTLIB_DATA_ROOT" not in os.environ:
+        raise DataError(f"{dataset}: no root given and ANNOTLIB_DATA_ROOT is not set "
+                        f"(expected the dataset under $ANNOTLIB_DATA_ROOT/{DATASETS[dataset].folder})")
+    return Path(os.environ["ANNOTLIB_DATA_ROOT"]) / DATASETS[dataset].folder
+
+
+def load_split(dataset: str, split: str, root: str | Path | None = None, *,
+               val_fraction: float = 0.1, val_seed: int = 0) -> Split:
+    """``split`` ("train", "val" or "test") of a known ``dataset``.
+
+    Where the dataset has no official validation split, "val" is a seeded
+    ``val_fraction`` of the official training split and "train" is the rest.
+    """
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"unknown split {split!r}; expected train, val or test")
+    info = DATASETS[dataset]
+    path = dataset_root(dataset, root)
+    if split in info.official_splits:
+        data = info.read(path, split)
+        if split != "train" or "val" in info.official_splits:
+            return data
+    else:
+        data = info.read(path, "train")
+    train, val = carve_validation(data, val_fraction, val_seed)
+    return train if split == "train" else val
+
+
+__all__ = ["DATASETS", "DataError", "DeviceBatches", "Split", "cached_images", "channel_stats",
+           "dataset_root", "load_split"]

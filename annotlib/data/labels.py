@@ -1,0 +1,89 @@
+"""The common sample table every reader returns, label order and splits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class DataError(ValueError):
+    """A dataset file is missing, malformed or inconsistent; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of a dataset, in a reader-independent form.
+
+    ``labels`` is an ``N x C`` int8 tensor: 1 positive, 0 negative (and -1 unknown
+    where a dataset or protocol has partial labels). Optional fields are ``None``
+    when the dataset does not have them.
+    """
+
+    dataset: str
+    split: str
+    classes: list[str]
+    image_paths: list[Path]
+    labels: torch.Tensor
+    boxes: list[list[tuple[int, float, float, float, float]]] | None = None  # (class, x0, y0, x1, y1), pixels
+    captions: list[list[str]] | None = None
+    emotions: torch.Tensor | None = None  # N class ids, for single-label affective data
+    root: Path | None = None
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        n, c = len(self.image_paths), len(self.classes)
+        if n == 0:
+            raise DataError(f"{self.dataset}/{self.split}: the split is empty (root {self.root})")
+        if tuple(self.labels.shape) != (n, c):
+            raise DataError(
+                f"{self.dataset}/{self.split}: labels have shape {tuple(self.labels.shape)}, "
+                f"expected ({n}, {c})"
+            )
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def subset(self, indices, split: str | None = None) -> "Split":
+        """The rows ``indices`` of this split, every per-sample field kept aligned."""
+        idx = np.asarray(indices, dtype=np.int64)
+        pick = lambda seq: None if seq is None else [seq[i] for i in idx]  # noqa: E731
+        return Split(
+            dataset=self.dataset,
+            split=split or self.split,
+            classes=self.classes,
+            image_paths=pick(self.image_paths),
+            labels=self.labels[torch.from_numpy(idx)],
+            boxes=pick(self.boxes),
+            captions=pick(self.captions),
+            emotions=None if self.emotions is None else self.emotions[torch.from_numpy(idx)],
+            root=self.root,
+            info=self.info,
+        )
+
+
+def multi_hot(label_lists: list[list[str]], classes: list[str], source: Path | str) -> torch.Tensor:
+    """Encode per-image label names against ``classes``; an unknown name is an error naming ``source``."""
+    index = {name: i for i, name in enumerate(classes)}
+    out = torch.zeros(len(label_lists), len(classes), dtype=torch.int8)
+    for row, names in enumerate(label_lists):
+        for name in names:
+            if name not in index:
+                raise DataError(f"{source}: sample {row} has label {name!r}, which is not in the vocabulary")
+            out[row, index[name]] = 1
+    return out
+
+
+def carve_validation(train: Split, fraction: float = 0.1, seed: int = 0) -> tuple[Split, Split]:
+    """Split ``train`` into (train, val) with a seeded random ``fraction`` held out for validation."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+    order = np.random.default_rng(seed).permutation(len(train))
+    n_val = max(1, round(fraction * len(train)))
+    return train.subset(np.sort(order[n_val:]), "train"), train.subset(np.sort(order[:n_val]), "val")

@@ -1,0 +1,71 @@
+"""The resolved configuration of one training run."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a run's numbers. Defaults are a CPU-sized run on the
+    synthetic set; paper recipes live in :mod:`annotlib.experiments`."""
+
+    # data
+    dataset: str = "synthetic"
+    data_root: str | None = None  # default: $ANNOTLIB_DATA_ROOT/<dataset folder>
+    val_fraction: float = 0.1  # carved from train where a dataset has no official val split
+    image_size: int = 96  # images are squashed to image_size x image_size (P0's resize)
+    normalize: str = "backbone"  # "backbone": its pretraining mean/std; "dataset": the train split's (P0)
+    hflip: bool = True
+    vflip: bool = True
+    crop_scale: tuple[float, float] | None = None  # random-resized-crop area range; None: no crop
+    # model
+    backbone: str = "mobilenetv2_100"  # any timm name
+    weights_file: str | None = None  # local pretrained weights in timm layout
+    dropout: float = 0.3
+    # loss
+    loss: str = "unsymmetric"
+    loss_kwargs: dict = field(default_factory=dict)
+    # optimisation
+    optimizer: str = "adam"  # "adam" or "adamw"
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    pct_start: float = 0.2  # OneCycleLR warm-up share
+    epochs: int = 40
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    # evaluation
+    threshold_split: str = "val"  # where per-label MCC thresholds are tuned: "val", or "train" as in P0
+    # runtime
+    device: str = "auto"  # "auto": cuda when available, else cpu
+    bf16: bool = True  # bf16 autocast on CUDA (the loss stays in fp32); ignored on CPU
+    channels_last: bool = False
+    compile: bool = False
+    seed: int = 1
+    progress: bool = True
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown config fields: {', '.join(sorted(unknown))}")
+        values = dict(values)
+        if values.get("crop_scale") is not None:
+            values["crop_scale"] = tuple(values["crop_scale"])
+        return cls(**values)
+
+    def __post_init__(self):
+        if self.threshold_split not in ("val", "train"):
+            raise ValueError(f"threshold_split must be 'val' or 'train', got {self.threshold_split!r}")
+        if self.normalize not in ("backbone", "dataset"):
+            raise ValueError(f"normalize must be 'backbone' or 'dataset', got {self.normalize!r}")
+        if self.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")

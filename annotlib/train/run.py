@@ -1,0 +1,94 @@
+"""A whole annotation run from a config: data, model, loss, fit, thresholds, metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from ..data import DeviceBatches, cached_images, channel_stats, load_split
+from ..io import read_json, write_json
+from ..losses import create_loss
+from ..metrics import annotation_metrics, mean_average_precision, tune_thresholds
+from ..models import Annotator
+from .config import TrainConfig
+from .fit import fit, predict, resolve_device
+from .tasks import MultiLabelTask
+
+# Fields that change how a run is shown, not what it computes.
+COSMETIC_FIELDS = ("progress",)
+
+
+def evaluate_scores(scores: torch.Tensor, targets: torch.Tensor, thresholds: torch.Tensor) -> dict:
+    """mAP and the annotation metrics at 0.5 and at the given per-label thresholds."""
+    return {"mAP": mean_average_precision(scores, targets),
+            "at_0.5": annotation_metrics(scores, targets, 0.5),
+            "tuned": annotation_metrics(scores, targets, thresholds)}
+
+
+def claim_run_dir(cfg: TrainConfig, out_dir: Path) -> None:
+    """Write ``config.json``, or check that the run already there has the same config."""
+    path = out_dir / "config.json"
+    if path.exists():
+        old = TrainConfig.from_dict(read_json(path))
+        differs = [f.name for f in dataclasses.fields(cfg) if f.name not in COSMETIC_FIELDS
+                   and getattr(old, f.name) != getattr(cfg, f.name)]
+        if differs:
+            raise ValueError(f"{path}: this folder holds a run with another config "
+                             f"(differs in {', '.join(differs)}); use another output folder")
+    write_json(path, cfg.to_dict())
+
+
+def run_annotation(cfg: TrainConfig, out_dir: str | Path) -> dict:
+    """Train and evaluate one multi-label annotation run into ``out_dir``.
+
+    Resumes a killed run from its last epoch; returns the stored metrics of a
+    finished one without training again. The checkpoint is chosen on the validation
+    split, thresholds are tuned on ``cfg.threshold_split``, and the test split is
+    evaluated once, at the end.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    claim_run_dir(cfg, out)
+    if (out / "metrics.json").exists():
+        return read_json(out / "metrics.json")
+    device = resolve_device(cfg.device)
+    splits = {s: load_split(cfg.dataset, s, cfg.data_root, val_fraction=cfg.val_fraction)
+              for s in ("train", "val", "test")}
+    images = {s: cached_images(split.image_paths, cfg.image_size, progress=cfg.progress)
+              for s, split in splits.items()}
+    classes = splits["train"].classes
+    torch.manual_seed(cfg.seed)
+    model = Annotator(cfg.backbone, len(classes), dropout=cfg.dropout, weights_file=cfg.weights_file)
+    mean, std = (model.mean, model.std) if cfg.normalize == "backbone" else channel_stats(images["train"])
+
+    def batches(split: str, train: bool = False) -> DeviceBatches:
+        return DeviceBatches(images[split], splits[split].labels, device=device, mean=mean, std=std,
+                             batch_size=cfg.batch_size if train else cfg.eval_batch_size, train=train,
+                             hflip=cfg.hflip, vflip=cfg.vflip, crop_scale=cfg.crop_scale,
+                             channels_last=cfg.channels_last, seed=cfg.seed)
+
+    task = MultiLabelTask(create_loss(cfg.loss, **cfg.loss_kwargs), name=cfg.loss)
+    history = fit(model, task, batches("train", train=True), batches("val"), cfg, out)
+    best_epoch = max(history, key=lambda row: row["val_mAP"])["epoch"]
+    model.load_state_dict(torch.load(out / "best.pt", map_location=device, weights_only=True))
+
+    def scores(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        outputs, targets = predict(model, task, batches(split), bf16=cfg.bf16)
+        return task.scores(outputs).cpu(), targets.cpu()
+
+    results = {s: scores(s) for s in {"val", "test", cfg.threshold_split}}
+    thresholds = tune_thresholds(*results[cfg.threshold_split])
+    metrics = {
+        "dataset": cfg.dataset, "loss": cfg.loss, "backbone": cfg.backbone, "image_size": cfg.image_size,
+        "epochs": cfg.epochs, "seed": cfg.seed, "best_epoch": best_epoch, "selected_on": "val mAP",
+        "thresholds_tuned_on": cfg.threshold_split,
+        "num_images": {s: len(split) for s, split in splits.items()},
+        "val": evaluate_scores(*results["val"], thresholds),
+        "test": evaluate_scores(*results["test"], thresholds),
+        "train_seconds": round(sum(row["train_seconds"] for row in history), 2),
+    }
+    write_json(out / "thresholds.json", dict(zip(classes, thresholds.tolist())))
+    write_json(out / "metrics.json", metrics)
+    return metrics

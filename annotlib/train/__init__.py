@@ -1,7 +1,7 @@
 """Training: one ``fit`` for every paper, tasks, and whole runs from a config."""
 
 from .config import TrainConfig
-from .fit import NonFiniteLossError, fit, predict, resolve_device
+from .loop import NonFiniteLossError, fit, predict, resolve_device
 from .run import evaluate_scores, run_annotation
 from .tasks import MultiLabelTask
 

@@ -13,7 +13,7 @@ from ..losses import create_loss
 from ..metrics import annotation_metrics, mean_average_precision, tune_thresholds
 from ..models import Annotator
 from .config import TrainConfig
-from .fit import fit, predict, resolve_device
+from .loop import fit, predict, resolve_device
 from .tasks import MultiLabelTask
 
 # Fields that change how a run is shown, not what it computes.

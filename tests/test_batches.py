@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.stats import ks_2samp
+from torchvision.transforms import RandomResizedCrop
+
+from annotlib.data import DeviceBatches
+from annotlib.data.batches import crop_flip_theta, random_resized_crop_boxes
+
+
+@pytest.fixture
+def images():
+    return np.random.default_rng(0).integers(0, 256, (10, 16, 16, 3), dtype=np.uint8)
+
+
+def unnormalize(x, batches):
+    return x * batches.std + batches.mean
+
+
+def test_evaluation_batches_are_the_normalized_images_in_order(images):
+    targets = torch.arange(10)[:, None]
+    batches = DeviceBatches(images, targets, batch_size=4, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    xs, ys, idx = zip(*batches)
+    assert [len(y) for y in ys] == [4, 4, 2]
+    assert torch.equal(torch.cat(idx), torch.arange(10)) and torch.equal(torch.cat(ys), targets)
+    expected = (torch.from_numpy(images).permute(0, 3, 1, 2) / 255 - torch.tensor([.5, .4, .3])[:, None, None]) \
+        / torch.tensor([.2, .25, .3])[:, None, None]
+    assert torch.allclose(torch.cat(xs), expected, atol=1e-5)
+
+
+def test_flips_are_per_sample_and_seeded(images):
+    batches = DeviceBatches(images, torch.zeros(10, 1), batch_size=10, train=True, hflip=True, vflip=True, seed=3)
+    x, _, idx = next(iter(batches))
+    x = unnormalize(x, batches).round()
+    src = torch.from_numpy(images).permute(0, 3, 1, 2).float()[idx]
+    kinds = []
+    for a, b in zip(x, src):
+        options = [b, b.flip(2), b.flip(1), b.flip(1).flip(2)]
+        kinds.append(next(i for i, o in enumerate(options) if torch.equal(a, o)))
+    assert len(set(kinds)) > 1  # not the same flip for the whole batch
+    again, _, _ = next(iter(batches))
+    assert torch.equal(unnormalize(again, batches).round(), x)
+    batches.set_epoch(1)
+    assert not torch.equal(next(iter(batches))[2], idx)
+
+
+def test_theta_resamples_exactly_the_box_and_its_mirror():
+    x = torch.arange(2 * 3 * 16 * 16, dtype=torch.float32).view(2, 3, 16, 16)
+    boxes = torch.tensor([[3, 5, 8, 8], [0, 8, 8, 8]])
+    theta = crop_flip_theta(boxes, 16, torch.tensor([False, True]), torch.tensor([False, True]))
+    grid = F.affine_grid(theta, [2, 3, 8, 8], align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", align_corners=False)
+    assert torch.allclose(out[0], x[0, :, 3:11, 5:13], atol=1e-3)
+    assert torch.allclose(out[1], x[1, :, 0:8, 8:16].flip(1).flip(2), atol=1e-3)
+
+
+@pytest.mark.parametrize("scale, ratio", [((0.08, 1.0), (3 / 4, 4 / 3)), ((0.5, 1.0), (0.5, 2.0)),
+                                          ((0.9, 1.0), (2.0, 3.0))])
+def test_crop_boxes_follow_torchvisions_distribution(scale, ratio):
+    n, size = 4000, 64
+    ours = random_resized_crop_boxes(n, size, scale, ratio, torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    image = torch.zeros(3, size, size)
+    theirs = torch.tensor([RandomResizedCrop.get_params(image, list(scale), list(ratio)) for _ in range(n)])
+    for k, name in enumerate(("top", "left", "height", "width")):
+        p = ks_2samp(ours[:, k].numpy(), theirs[:, k].numpy()).pvalue
+        assert p > 1e-3, f"{name}: KS p-value {p}"
+    assert (ours[:, 0] + ours[:, 2] <= size).all() and (ours[:, 1] + ours[:, 3] <= size).all()
+
+
+def test_shards_cover_every_sample_once_per_rank(images):
+    seen = []
+    for rank in range(3):
+        batches = DeviceBatches(images, torch.zeros(10, 1), batch_size=2, train=True, seed=1,
+                                rank=rank, world_size=3)
+        seen.append(torch.cat([idx for _, _, idx in batches]))
+    assert all(len(s) == 4 for s in seen)
+    assert set(torch.cat(seen).tolist()) == set(range(10))

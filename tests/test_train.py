@@ -1,0 +1,97 @@
+import csv
+
+import pytest
+import torch
+
+from annotlib.data import load_split
+from annotlib.data.synthetic import generate_synthetic
+from annotlib.io import read_json
+from annotlib.metrics import annotation_metrics, mean_average_precision
+from annotlib.train import NonFiniteLossError, TrainConfig, run_annotation
+from annotlib.train import loop as fit_module
+from annotlib.train import run as run_module
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory):
+    return generate_synthetic(tmp_path_factory.mktemp("data") / "synthetic", num_images=600, image_size=64, seed=5)
+
+
+@pytest.fixture
+def small(synthetic_root):
+    return TrainConfig(dataset="synthetic", data_root=str(synthetic_root), image_size=64, backbone="resnet10t",
+                       epochs=3, batch_size=32, lr=3e-3, normalize="dataset", loss="unsymmetric",
+                       progress=False, seed=0)
+
+
+def history_without_timings(path):
+    rows = list(csv.DictReader(open(path)))
+    return [{k: v for k, v in r.items() if not k.startswith("train_") or k == "train_loss"} for r in rows]
+
+
+@pytest.mark.slow
+def test_short_run_beats_the_label_prior_and_writes_its_files(small, tmp_path):
+    metrics = run_annotation(small.replace(epochs=4), tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} >= {"config.json", "history.csv", "metrics.json",
+                                                      "best.pt", "checkpoint.pt", "thresholds.json"}
+    train, test = (load_split("synthetic", s, small.data_root) for s in ("train", "test"))
+    prior = train.labels.float().mean(0).expand(len(test), -1)  # every image scored by label frequency
+    prior_map = mean_average_precision(prior, test.labels)
+    # Four epochs from scratch on 480 images: about 0.22 against the prior's 0.15 (120 test images).
+    assert metrics["test"]["mAP"] > prior_map + 0.05, (metrics["test"]["mAP"], prior_map)
+    prior_cf1 = annotation_metrics(prior, test.labels, 0.5)["CF1"]
+    assert metrics["test"]["tuned"]["CF1"] > prior_cf1
+    rows = list(csv.DictReader(open(tmp_path / "history.csv")))
+    best = max(rows, key=lambda r: float(r["val_mAP"]))
+    assert metrics["best_epoch"] == int(best["epoch"]) and len(rows) == 4
+    assert read_json(tmp_path / "config.json")["loss"] == "unsymmetric"
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_metrics(small, tmp_path, monkeypatch):
+    full = run_annotation(small, tmp_path / "full")
+
+    original = fit_module._train_epoch
+
+    def killed_in_epoch_3(model, task, batches, optimizer, scheduler, cfg, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt("killed")
+        return original(model, task, batches, optimizer, scheduler, cfg, epoch)
+
+    monkeypatch.setattr(fit_module, "_train_epoch", killed_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        run_annotation(small, tmp_path / "resumed")
+    assert len(list(csv.DictReader(open(tmp_path / "resumed" / "history.csv")))) == 2
+    assert not (tmp_path / "resumed" / "metrics.json").exists()
+    monkeypatch.setattr(fit_module, "_train_epoch", original)
+    resumed = run_annotation(small, tmp_path / "resumed")
+    assert history_without_timings(tmp_path / "full" / "history.csv") == \
+        history_without_timings(tmp_path / "resumed" / "history.csv")
+    for key in ("val", "test", "best_epoch"):
+        assert resumed[key] == full[key]
+
+
+def test_finished_run_is_not_trained_again_and_a_changed_config_is_refused(small, tmp_path, monkeypatch):
+    cfg = small.replace(epochs=1)
+    first = run_annotation(cfg, tmp_path)
+    monkeypatch.setattr(run_module, "fit", None)  # would fail if called
+    assert run_annotation(cfg.replace(progress=True), tmp_path) == first
+    with pytest.raises(ValueError, match=r"config\.json.*another config.*differs in lr"):
+        run_annotation(cfg.replace(lr=1.0), tmp_path)
+
+
+def test_non_finite_loss_stops_with_where(small, tmp_path, monkeypatch):
+    from annotlib.train.tasks import MultiLabelTask
+    calls = {"n": 0}
+    original = MultiLabelTask.loss
+
+    def poisoned(self, outputs, y):
+        loss = original(self, outputs, y)
+        calls["n"] += 1
+        return loss * float("nan") if calls["n"] == 3 and torch.is_grad_enabled() else loss
+
+    monkeypatch.setattr(MultiLabelTask, "loss", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"unsymmetric loss is nan at epoch 1, step 3 of \d+, "
+                                                 r"batch sample indices \[\d+"):
+        run_annotation(small, tmp_path)
+    assert not (tmp_path / "checkpoint.pt").exists()

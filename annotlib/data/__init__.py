@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
 from .aia import read_aia
 from .batches import DeviceBatches
 from .cache import cached_images, channel_stats
+from .coco import read_coco
 from .labels import DataError, Split, carve_validation
+from .nuswide import read_nuswide
+from .voc import VOC_SPLITS, read_voc
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
     folder: str  # its folder under the data root
-    read: Callable[[Path, str], Split]  # (root, official split name) -> Split
-    official_splits: tuple[str, ...] = ("train", "test")
+    read: Callable[..., Split]  # (root, official split name, **reader options) -> Split
+    official_splits: tuple[str, ...] = ("train", "test")  # read as-is; may add names like trainval
 
 
 def _synthetic(root: Path, split: str) -> Split:
@@ -36,6 +40,9 @@ DATASETS: dict[str, DatasetInfo] = {
     "corel-5k": DatasetInfo("Corel-5k", _aia("corel-5k")),
     "esp-game": DatasetInfo("ESP-Game", _aia("esp-game")),
     "iapr-tc-12": DatasetInfo("IAPR-TC-12", _aia("iapr-tc-12")),
+    "voc2007": DatasetInfo("VOC2007", partial(read_voc, dataset="voc2007"), VOC_SPLITS),
+    "coco2014": DatasetInfo("COCO2014", partial(read_coco, dataset="coco2014")),
+    "nus-wide": DatasetInfo("NUS-WIDE", partial(read_nuswide, dataset="nus-wide")),
 }
 
 
@@ -54,24 +61,26 @@ def dataset_root(dataset: str, root: str | Path | None = None) -> Path:
 
 
 def load_split(dataset: str, split: str, root: str | Path | None = None, *,
-               val_fraction: float = 0.1, val_seed: int = 0) -> Split:
-    """``split`` ("train", "val" or "test") of a known ``dataset``.
+               val_fraction: float = 0.1, val_seed: int = 0, **options) -> Split:
+    """``split`` ("train", "val", "test" or another official split) of a known ``dataset``.
 
     Where the dataset has no official validation split, "val" is a seeded
     ``val_fraction`` of the official training split and "train" is the rest.
+    ``options`` go to the dataset's reader (e.g. ``count_difficult=True`` for VOC).
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
-    if split not in ("train", "val", "test"):
-        raise ValueError(f"unknown split {split!r}; expected train, val or test")
     info = DATASETS[dataset]
+    known = tuple(dict.fromkeys(("train", "val", "test", *info.official_splits)))
+    if split not in known:
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(known)}")
     path = dataset_root(dataset, root)
     if split in info.official_splits:
-        data = info.read(path, split)
+        data = info.read(path, split, **options)
         if split != "train" or "val" in info.official_splits:
             return data
     else:
-        data = info.read(path, "train")
+        data = info.read(path, "train", **options)
     train, val = carve_validation(data, val_fraction, val_seed)
     return train if split == "train" else val
 

@@ -9,6 +9,8 @@ others; failures are listed at the end and the exit code is non-zero.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import sys
 import traceback
@@ -16,7 +18,7 @@ from pathlib import Path
 
 from .experiments import Run, grid, p0_reported
 from .io import atomic_write_text
-from .train import run_annotation
+from .train import TrainConfig, run_annotation
 
 COLUMNS = ("CP", "CR", "CF1", "OF1", "N+")
 
@@ -49,6 +51,24 @@ def results_table(runs: list[Run], results: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """``["epochs=5", "backbone=resnet18"]`` -> config fields; values are read as JSON where
+    they parse (numbers, true/false, null, lists), else kept as strings."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(sorted(fields))}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+        if isinstance(out[key], list):
+            out[key] = tuple(out[key])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="run_all.sh", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reports", default="reports", help="output folder (default: reports)")
     parser.add_argument("--datasets", nargs="+", help="restrict the paper profile to these datasets")
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds to run (default: the profile's)")
+    parser.add_argument("--losses", nargs="+", help="restrict the grid to these losses")
+    parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                        help="override config fields of every run, e.g. --set backbone=mobilenetv2_100 "
+                             "image_size=224 epochs=10 (a changed config needs its own --reports folder)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
@@ -66,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["ANNOTLIB_DATA_ROOT"] = str(Path(args.data_root).resolve())
 
     out = Path(args.reports) / args.profile
-    runs = grid(args.profile, datasets=args.datasets, seeds=args.seeds)
+    overrides = parse_overrides(args.set)
+    runs = [dataclasses.replace(run, config=run.config.replace(**overrides))
+            for run in grid(args.profile, datasets=args.datasets, seeds=args.seeds)
+            if not args.losses or run.config.loss in args.losses]
     results, failures = {}, []
     for i, run in enumerate(runs, 1):
         print(f"[{i}/{len(runs)}] {run.path}", flush=True)

@@ -2,8 +2,27 @@
 
 from .config import TrainConfig
 from .loop import NonFiniteLossError, fit, predict, resolve_device
-from .run import evaluate_scores, run_annotation
+from .run import (
+           AnnotationRun,
+           evaluate_scores,
+           load_run,
+           load_thresholds,
+           prepare_run,
+           run_annotation,
+)
 from .tasks import MultiLabelTask
 
-__all__ = ["MultiLabelTask", "NonFiniteLossError", "TrainConfig", "evaluate_scores", "fit", "predict",
-           "resolve_device", "run_annotation"]
+__all__ = [
+           "AnnotationRun",
+           "MultiLabelTask",
+           "NonFiniteLossError",
+           "TrainConfig",
+           "evaluate_scores",
+           "fit",
+           "load_run",
+           "load_thresholds",
+           "predict",
+           "prepare_run",
+           "resolve_device",
+           "run_annotation",
+]

@@ -6,6 +6,7 @@ import contextlib
 import csv
 import io
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -46,14 +47,16 @@ def autocast(device: torch.device, bf16: bool):
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, task: Task, batches, *, bf16: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Concatenated float32 outputs and targets of ``batches``, in their order, with the model in eval mode."""
+def predict(model: nn.Module, forward: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
+            batches, *, bf16: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenated float32 ``forward(model, x, y)`` and targets of ``batches``, in their order,
+    with the model in eval mode (``forward`` is e.g. a task's ``forward``)."""
     was_training = model.training
     model.eval()
     outputs, targets = [], []
     for x, y, _ in batches:
         with autocast(batches.device, bf16):
-            out = task.forward(model, x, y)
+            out = forward(model, x, y)
         outputs.append(out.float())
         targets.append(y)
     model.train(was_training)
@@ -110,7 +113,7 @@ def fit(model: nn.Module, task: Task, train_batches, val_batches, cfg: TrainConf
         started = time.perf_counter()
         losses = _train_epoch(step_model, task, train_batches, optimizer, scheduler, cfg, epoch)
         seconds = time.perf_counter() - started
-        outputs, targets = predict(step_model, task, val_batches, bf16=cfg.bf16)
+        outputs, targets = predict(step_model, task.forward, val_batches, bf16=cfg.bf16)
         row = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "train_loss": losses,
                "val_loss": task.loss(outputs, targets).item(),
                **{f"val_{k}": v for k, v in task.validation_metrics(outputs, targets).items()},

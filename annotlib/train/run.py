@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from ..data import DeviceBatches, cached_images, channel_stats, load_split
+from ..data import DeviceBatches, Split, cached_images, channel_stats, load_split
 from ..io import read_json, write_json
 from ..losses import create_loss
 from ..metrics import annotation_metrics, mean_average_precision, tune_thresholds
@@ -18,6 +20,7 @@ from .tasks import MultiLabelTask
 
 # Fields that change how a run is shown, not what it computes.
 COSMETIC_FIELDS = ("progress",)
+SPLITS = ("train", "val", "test")
 
 
 def evaluate_scores(scores: torch.Tensor, targets: torch.Tensor, thresholds: torch.Tensor) -> dict:
@@ -25,6 +28,57 @@ def evaluate_scores(scores: torch.Tensor, targets: torch.Tensor, thresholds: tor
     return {"mAP": mean_average_precision(scores, targets),
             "at_0.5": annotation_metrics(scores, targets, 0.5),
             "tuned": annotation_metrics(scores, targets, thresholds)}
+
+
+@dataclass
+class AnnotationRun:
+    """The data, model and task of one run, for training and for looking at it afterwards
+    (scores, embeddings, CAMs in the notebooks)."""
+
+    cfg: TrainConfig
+    splits: dict[str, Split]
+    images: dict[str, np.ndarray]  # per split, N x S x S x 3 uint8 (the decoded cache)
+    model: Annotator
+    task: MultiLabelTask
+    device: torch.device
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def classes(self) -> list[str]:
+        return self.splits["train"].classes
+
+    def batches(self, split: str, train: bool = False) -> DeviceBatches:
+        cfg = self.cfg
+        return DeviceBatches(self.images[split], self.splits[split].labels, device=self.device,
+                             mean=self.mean, std=self.std, train=train,
+                             batch_size=cfg.batch_size if train else cfg.eval_batch_size,
+                             hflip=cfg.hflip, vflip=cfg.vflip, crop_scale=cfg.crop_scale,
+                             channels_last=cfg.channels_last, seed=cfg.seed)
+
+    def scores(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sigmoid scores and targets of ``split`` on the CPU."""
+        outputs, targets = predict(self.model, self.task.forward, self.batches(split), bf16=self.cfg.bf16)
+        return self.task.scores(outputs).cpu(), targets.cpu()
+
+    def embeddings(self, split: str) -> torch.Tensor:
+        """Pooled backbone features (``model.embed``) of ``split`` on the CPU, N x D."""
+        return predict(self.model, lambda model, x, y: model.embed(x), self.batches(split),
+                       bf16=self.cfg.bf16)[0].cpu()
+
+
+def prepare_run(cfg: TrainConfig) -> AnnotationRun:
+    """Load the splits, decode them into the cache and build the model of ``cfg`` (untrained)."""
+    splits = {s: load_split(cfg.dataset, s, cfg.data_root, val_fraction=cfg.val_fraction) for s in SPLITS}
+    images = {s: cached_images(split.image_paths, cfg.image_size, progress=cfg.progress)
+              for s, split in splits.items()}
+    torch.manual_seed(cfg.seed)
+    model = Annotator(cfg.backbone, splits["train"].num_classes, dropout=cfg.dropout,
+                      weights_file=cfg.weights_file)
+    mean, std = (model.mean, model.std) if cfg.normalize == "backbone" else channel_stats(images["train"])
+    task = MultiLabelTask(create_loss(cfg.loss, **cfg.loss_kwargs), name=cfg.loss)
+    return AnnotationRun(cfg, splits, images, model, task, resolve_device(cfg.device),
+                         tuple(mean), tuple(std))
 
 
 def claim_run_dir(cfg: TrainConfig, out_dir: Path) -> None:
@@ -53,42 +107,40 @@ def run_annotation(cfg: TrainConfig, out_dir: str | Path) -> dict:
     claim_run_dir(cfg, out)
     if (out / "metrics.json").exists():
         return read_json(out / "metrics.json")
-    device = resolve_device(cfg.device)
-    splits = {s: load_split(cfg.dataset, s, cfg.data_root, val_fraction=cfg.val_fraction)
-              for s in ("train", "val", "test")}
-    images = {s: cached_images(split.image_paths, cfg.image_size, progress=cfg.progress)
-              for s, split in splits.items()}
-    classes = splits["train"].classes
-    torch.manual_seed(cfg.seed)
-    model = Annotator(cfg.backbone, len(classes), dropout=cfg.dropout, weights_file=cfg.weights_file)
-    mean, std = (model.mean, model.std) if cfg.normalize == "backbone" else channel_stats(images["train"])
-
-    def batches(split: str, train: bool = False) -> DeviceBatches:
-        return DeviceBatches(images[split], splits[split].labels, device=device, mean=mean, std=std,
-                             batch_size=cfg.batch_size if train else cfg.eval_batch_size, train=train,
-                             hflip=cfg.hflip, vflip=cfg.vflip, crop_scale=cfg.crop_scale,
-                             channels_last=cfg.channels_last, seed=cfg.seed)
-
-    task = MultiLabelTask(create_loss(cfg.loss, **cfg.loss_kwargs), name=cfg.loss)
-    history = fit(model, task, batches("train", train=True), batches("val"), cfg, out)
+    run = prepare_run(cfg)
+    history = fit(run.model, run.task, run.batches("train", train=True), run.batches("val"), cfg, out)
     best_epoch = max(history, key=lambda row: row["val_mAP"])["epoch"]
-    model.load_state_dict(torch.load(out / "best.pt", map_location=device, weights_only=True))
+    run.model.load_state_dict(torch.load(out / "best.pt", map_location=run.device, weights_only=True))
 
-    def scores(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        outputs, targets = predict(model, task, batches(split), bf16=cfg.bf16)
-        return task.scores(outputs).cpu(), targets.cpu()
-
-    results = {s: scores(s) for s in {"val", "test", cfg.threshold_split}}
+    results = {s: run.scores(s) for s in {"val", "test", cfg.threshold_split}}
     thresholds = tune_thresholds(*results[cfg.threshold_split])
     metrics = {
         "dataset": cfg.dataset, "loss": cfg.loss, "backbone": cfg.backbone, "image_size": cfg.image_size,
         "epochs": cfg.epochs, "seed": cfg.seed, "best_epoch": best_epoch, "selected_on": "val mAP",
         "thresholds_tuned_on": cfg.threshold_split,
-        "num_images": {s: len(split) for s, split in splits.items()},
+        "num_images": {s: len(split) for s, split in run.splits.items()},
         "val": evaluate_scores(*results["val"], thresholds),
         "test": evaluate_scores(*results["test"], thresholds),
         "train_seconds": round(sum(row["train_seconds"] for row in history), 2),
     }
-    write_json(out / "thresholds.json", dict(zip(classes, thresholds.tolist())))
+    write_json(out / "thresholds.json", dict(zip(run.classes, thresholds.tolist())))
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def load_run(out_dir: str | Path, device: str | None = None) -> AnnotationRun:
+    """A finished run of :func:`run_annotation`, its best checkpoint loaded, in eval mode."""
+    out = Path(out_dir)
+    cfg = TrainConfig.from_dict(read_json(out / "config.json"))
+    if device is not None:
+        cfg = cfg.replace(device=device)
+    run = prepare_run(cfg)
+    run.model.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=True))
+    run.model.to(run.device).eval()
+    return run
+
+
+def load_thresholds(out_dir: str | Path, classes: list[str]) -> torch.Tensor:
+    """The tuned per-label thresholds of a finished run, in ``classes`` order."""
+    stored = read_json(Path(out_dir) / "thresholds.json")
+    return torch.tensor([stored[name] for name in classes], dtype=torch.float64)

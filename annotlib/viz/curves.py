@@ -1,0 +1,76 @@
+"""Training curves and per-label results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import MaxNLocator
+
+from .embeddings import to_numpy
+
+
+def plot_history(history):
+    """Two panels from a training history: train and validation loss; validation metrics.
+
+    ``history`` is a DataFrame or the path of a ``history.csv`` written by ``fit``, with
+    columns ``epoch``, ``train_loss``, ``val_loss`` and ``val_<metric>`` (e.g. ``val_mAP``),
+    each metric drawn under its name without the prefix. Returns the Figure.
+    """
+    source = history
+    if not isinstance(history, pd.DataFrame):
+        history = pd.read_csv(history)
+    losses = [c for c in ("train_loss", "val_loss") if c in history]
+    metrics = [c for c in history if c.startswith("val_") and c != "val_loss"]
+    if "epoch" not in history or not losses + metrics:
+        where = f"{source}: " if isinstance(source, (str, Path)) else ""
+        raise ValueError(f"{where}a history needs an epoch column and loss or val_<metric> "
+                         f"columns, got {list(history.columns)}")
+    fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for column in losses:
+        loss_ax.plot(history["epoch"], history[column], marker="o", ms=3,
+                     label=column.removesuffix("_loss"))
+    for column in metrics:
+        metric_ax.plot(history["epoch"], history[column], marker="o", ms=3,
+                       label=column.removeprefix("val_"))
+    loss_ax.set(title="loss", xlabel="epoch")
+    metric_ax.set(title="validation", xlabel="epoch")
+    for ax in (loss_ax, metric_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def plot_f1_vs_frequency(f1, frequency, ax=None, classes: list[str] | None = None,
+                         annotate: int = 5):
+    """Per-label F1 (e.g. ``per_class_f1``) against the label's number of training positives,
+    on a log frequency axis: how the long tail is served. The ``annotate`` most frequent
+    labels are named when ``classes`` is given. Labels without training positives have no
+    place on a log axis; their number is given in the title. Returns the Axes."""
+    f1, frequency = to_numpy(f1).astype(np.float64), to_numpy(frequency).astype(np.float64)
+    if f1.ndim != 1 or f1.shape != frequency.shape:
+        raise ValueError(f"f1 and frequency must be 1-D of one length (C), got shapes "
+                         f"{f1.shape} and {frequency.shape}")
+    if classes is not None and len(classes) != len(f1):
+        raise ValueError(f"{len(classes)} class names for {len(f1)} labels")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4))
+    seen = frequency > 0
+    ax.scatter(frequency[seen], f1[seen], s=12, alpha=0.7)
+    ax.set_xscale("log")
+    ax.set(xlabel="training positives", ylabel="F1")
+    unseen = int((~seen).sum())
+    ax.set_title("F1 by label frequency"
+                 + (f" ({unseen} without training positives not shown)" if unseen else ""))
+    if classes is not None:
+        for c in np.argsort(-frequency, kind="stable")[:annotate]:
+            if seen[c]:
+                ax.annotate(classes[c], (frequency[c], f1[c]), xytext=(3, 3),
+                            textcoords="offset points", fontsize="small")
+    ax.grid(alpha=0.3)
+    return ax

@@ -81,6 +81,16 @@ P0_QUICK = P0_RECIPE.replace(dataset="synthetic", backbone="resnet10t", image_si
                              batch_size=64, lr=2e-3, normalize="dataset")
 
 
+def p0_config(dataset: str = "synthetic", loss: str = "unsymmetric", **fields) -> TrainConfig:
+    """P0's recipe for ``dataset`` (CPU-sized on the synthetic set) with ``loss`` at P0's
+    settings, then any other :class:`TrainConfig` ``fields`` (JSON values are accepted:
+    lists become tuples)."""
+    base = P0_QUICK if dataset == "synthetic" else P0_RECIPE
+    values = {**base.to_dict(), "loss_kwargs": P0_LOSSES.get(loss, {}), **fields,
+              "dataset": dataset, "loss": loss}
+    return TrainConfig.from_dict(values)
+
+
 def grid(profile: str, *, datasets: list[str] | None = None, seeds: list[int] | None = None) -> list[Run]:
     """The runs of a profile: ``smoke`` (seconds, for the tests), ``quick`` (CPU, synthetic,
     every P0 loss), ``paper`` (P0's recipe on the real datasets, for a GPU)."""

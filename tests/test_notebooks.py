@@ -1,0 +1,40 @@
+"""Notebooks: committed without outputs, a tagged parameters cell, and executed through
+papermill with tiny parameters (the P0 and report notebooks run in test_reproduce's smoke run)."""
+
+import json
+
+import papermill
+import pytest
+
+from annotlib.data.synthetic import generate_synthetic
+from annotlib.reproduce import NOTEBOOKS
+
+ALL = sorted(NOTEBOOKS.glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
+def test_committed_without_outputs_with_a_parameters_cell(path):
+    cells = json.loads(path.read_text())["cells"]
+    code = [c for c in cells if c["cell_type"] == "code"]
+    assert all(not c["outputs"] and c["execution_count"] is None for c in code)
+    parameters = [c for c in code if "parameters" in c["metadata"].get("tags", [])]
+    assert len(parameters) == 1 and parameters[0] is code[1]  # imports first, then parameters
+    # Typed and commented: "name: type = value  # what it is".
+    for line in "".join(parameters[0]["source"]).splitlines():
+        assert ": " in line.split("=")[0] and "  # " in line, line
+
+
+@pytest.mark.slow
+def test_datasets_notebook_runs_and_saves_its_figures(tmp_path):
+    root = generate_synthetic(tmp_path / "synthetic", num_images=60, image_size=48, seed=3)
+    out = tmp_path / "figures"
+    papermill.execute_notebook(str(NOTEBOOKS / "00_datasets.ipynb"), str(tmp_path / "executed.ipynb"),
+                               parameters={"dataset": "synthetic", "data_root": str(root), "grid_images": 4,
+                                           "image_size": 48, "output_dir": str(out)},
+                               kernel_name="python3", progress_bar=False, cwd=str(NOTEBOOKS))
+    for name in ("label_frequency", "cooccurrence", "images"):
+        assert (out / f"{name}.png").stat().st_size > 1000
+    executed = json.loads((tmp_path / "executed.ipynb").read_text())
+    summary = next(o for c in executed["cells"] if c["cell_type"] == "code" for o in c["outputs"]
+                   if "text/html" in o.get("data", {}))
+    assert "train" in "".join(summary["data"]["text/html"]) and "test" in "".join(summary["data"]["text/html"])

@@ -13,11 +13,15 @@ from annotlib.losses import (
     AsymmetricLoss,
     BCELoss,
     FocalLoss,
+    KnownLabelsBCELoss,
+    PartialBCELoss,
+    UnknownAsNegativeBCELoss,
     UnsymmetricLoss,
     asymmetric_loss,
     bce_loss,
     create_loss,
     focal_loss,
+    partial_bce_loss,
     unsymmetric_loss,
 )
 
@@ -251,7 +255,8 @@ def test_reductions(name):
         create_loss(name, reduction="average")
 
 
-@pytest.mark.parametrize("fn", [bce_loss, focal_loss, asymmetric_loss, unsymmetric_loss])
+@pytest.mark.parametrize("fn", [bce_loss, focal_loss, asymmetric_loss, unsymmetric_loss,
+                                partial_bce_loss])
 def test_functional_checks_arguments(fn):
     x = torch.zeros(2, 3)
     with pytest.raises(ValueError, match="reduction"):
@@ -262,7 +267,9 @@ def test_functional_checks_arguments(fn):
 
 def test_create_loss_by_name_and_kwargs():
     assert LOSSES == {"bce": BCELoss, "focal": FocalLoss, "asl": AsymmetricLoss,
-                      "unsymmetric": UnsymmetricLoss}
+                      "unsymmetric": UnsymmetricLoss, "partial_bce": PartialBCELoss,
+                      "bce_known": KnownLabelsBCELoss,
+                      "bce_unknown_negative": UnknownAsNegativeBCELoss}
     for name, cls in LOSSES.items():
         assert type(create_loss(name)) is cls
     focal = create_loss("focal", gamma_pos=2.0, gamma_neg=1.0)
@@ -279,7 +286,8 @@ def test_create_loss_by_name_and_kwargs():
 
 @pytest.mark.parametrize("cls, fn", [(BCELoss, bce_loss), (FocalLoss, focal_loss),
                                      (AsymmetricLoss, asymmetric_loss),
-                                     (UnsymmetricLoss, unsymmetric_loss)])
+                                     (UnsymmetricLoss, unsymmetric_loss),
+                                     (PartialBCELoss, partial_bce_loss)])
 def test_functional_form_has_the_module_defaults(cls, fn):
     module = {k: v.default for k, v in inspect.signature(cls).parameters.items()}
     functional = {k: v.default for k, v in inspect.signature(fn).parameters.items()
@@ -294,3 +302,74 @@ def test_paper_defaults():
     u = UnsymmetricLoss()
     assert (u.gamma_neg, u.margin_neg, u.gamma_pos, u.margin_pos, u.tau) == (4.0, 0.05, 3.0, 1.1, 0.25)
     assert all(create_loss(name).reduction == "mean" for name in NAMES)
+
+
+# ---- partial targets: 1 positive, 0 negative, -1 unknown ----
+
+def partial_case(shape=(6, 9), seed=3, dtype=torch.float64):
+    """Logits away from the kinks; about a third of the targets unknown, one row all unknown."""
+    x, y = away_from_kinks(shape, seed)
+    gen = torch.Generator().manual_seed(seed + 10)
+    partial = torch.where(torch.rand(shape, generator=gen) < 0.35, -1.0, y)
+    partial[0] = -1
+    return x.to(dtype), y, partial
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fully_labelled_targets_give_the_plain_mean_bit_for_bit(name):
+    """The known-entry mask must not change a single bit of the loss on 0/1 targets."""
+    for dtype in (torch.float32, torch.float64):
+        x, y = away_from_kinks((16, 11), seed=4)
+        x = x.to(dtype)
+        assert torch.equal(create_loss(name)(x, y), elementwise(name, x, y).mean())
+        assert torch.equal(create_loss(name, reduction="sum")(x, y), elementwise(name, x, y).sum())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unknown_targets_add_nothing_and_mean_is_over_known_entries(name):
+    x, full, partial = partial_case()
+    known = partial >= 0
+    # Unknown entries are 0; known entries keep the value they have under full labels.
+    want = torch.tensor([[REFERENCES[name](float(a), float(b)) if k else 0.0
+                          for a, b, k in zip(r, s, m)]
+                         for r, s, m in zip(x, full, known)], dtype=torch.float64)
+    torch.testing.assert_close(elementwise(name, x, partial), want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(create_loss(name, reduction="sum")(x, partial), want.sum())
+    torch.testing.assert_close(create_loss(name)(x, partial), want[known].mean())
+    torch.testing.assert_close(create_loss(name)(x, partial),
+                               create_loss(name)(x[known][None], full[known][None]))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unknown_targets_get_no_gradient(name):
+    x, _, partial = partial_case()
+    x.requires_grad_()
+    create_loss(name)(x, partial).backward()
+    assert (x.grad[partial < 0] == 0).all()
+    assert (x.grad[partial >= 0] != 0).any()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_all_unknown_targets_give_zero_not_nan(name):
+    x = torch.randn(3, 4, requires_grad=True)
+    for reduction in ("mean", "sum"):
+        loss = create_loss(name, reduction=reduction)(x, -torch.ones(3, 4))
+        loss.backward()
+        assert loss.item() == 0.0 and (x.grad == 0).all()
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_bf16_logits_give_finite_fp32_loss_and_gradients(name):
+    """Every registered loss: bf16 logits up to +-100 are promoted to float32 inside."""
+    gen = torch.Generator().manual_seed(7)
+    edges = torch.tensor([-100.0, -30.0, -3.0, -1e-3, 0.0, 1e-3, 3.0, 30.0, 100.0])
+    x = torch.cat([edges.repeat(3, 1), (torch.rand(5, 9, generator=gen) * 200 - 100)])
+    targets = torch.tensor([1.0, 0.0, -1.0]).repeat_interleave(9).view(3, 9)
+    targets = torch.cat([targets, torch.randint(-1, 2, (5, 9), generator=gen).float()])
+    targets[-1] = -1  # an image without any known label
+    for reduction in ("mean", "sum", "none"):
+        logits = x.to(torch.bfloat16).requires_grad_()
+        loss = create_loss(name, reduction=reduction)(logits, targets)
+        loss.sum().backward()
+        assert loss.dtype == torch.float32
+        assert torch.isfinite(loss).all() and torch.isfinite(logits.grad.float()).all()

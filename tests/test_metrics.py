@@ -163,11 +163,18 @@ def test_ignore_empty_changes_only_the_per_class_averages():
         k: nonempty[k] for k in ["OP", "OR", "OF1", "N+"]}
 
 
-def test_targets_other_than_one_are_negative():
-    scores, targets = make_case(4)
-    unknown = targets.clone()
-    unknown[targets == 0] = -1
-    assert annotation_metrics(scores, unknown) == annotation_metrics(scores, targets)
+def test_unknown_targets_are_neither_positive_nor_negative():
+    # One label: positive 0.9, negative 0.8, negative 0.2, unknown 0.95, unknown 0.1.
+    scores = torch.tensor([[0.9], [0.8], [0.2], [0.95], [0.1]])
+    targets = torch.tensor([[1], [0], [0], [-1], [-1]])
+    m = annotation_metrics(scores, targets)  # predicted: 0.9, 0.8 (the unknown 0.95 is not counted)
+    assert [m["CP"], m["CR"], m["OP"], m["OR"], m["N+"]] == [0.5, 1.0, 0.5, 1.0, 1]
+    assert per_class_precision(scores, targets).item() == 0.5
+    # AP: the unknown 0.95 above the positive is not a false positive.
+    assert mean_average_precision(scores, targets) == 1.0
+    # Counted as negatives, they would be.
+    assert annotation_metrics(scores, targets.clamp(min=0))["CP"] == pytest.approx(1 / 3)
+    assert mean_average_precision(scores, targets.clamp(min=0)) == 0.5
 
 
 def test_bad_thresholds_raise():
@@ -291,6 +298,153 @@ def test_tune_thresholds_rejects_bad_arguments():
         tune_thresholds(scores, targets, grid=[[0.1, 0.2]])
 
 
+# --- partial labels: -1 is unknown, left out of every count and ranking ---------------------
+
+def make_partial_case(seed: int, fraction: float = 0.3, **kw) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`make_case` with a ``fraction`` of the entries unknown (-1), and more edges:
+    label 9 has every positive unknown, label 10 every entry unknown, label 11 every
+    negative unknown. Labels 8-15 have quantised scores, so unknown entries tie with known
+    ones."""
+    scores, targets = make_case(seed, **kw)
+    g = torch.Generator().manual_seed(seed + 1000)
+    targets = torch.where(torch.rand(targets.shape, generator=g) < fraction, -1, targets)
+    targets[:, 9] = torch.where(targets[:, 9] == 1, -1, targets[:, 9])
+    targets[:, 10] = -1
+    targets[:, 11] = torch.where(targets[:, 11] == 0, -1, targets[:, 11])
+    return scores, targets
+
+
+def known_columns(scores, targets):
+    """Per label, the (targets, scores) numpy columns of its known rows."""
+    y, s = targets.numpy(), scores.numpy()
+    return [(y[y[:, c] >= 0, c], s[y[:, c] >= 0, c]) for c in range(y.shape[1])]
+
+
+def sklearn_annotation_metrics_on_known(scores, targets, thresholds, ignore_empty=False):
+    """scikit-learn per label on its known rows; micro averages over all known entries."""
+    thresholds = np.broadcast_to(np.asarray(thresholds, dtype=scores.numpy().dtype),
+                                 (scores.shape[1],))
+    kw = {"zero_division": 0}
+    columns = [(y, (s >= t).astype(int))
+               for (y, s), t in zip(known_columns(scores, targets), thresholds)]
+    keep = [c for c, (y, _) in enumerate(columns) if y.any() or not ignore_empty]
+    precision = [precision_score(*columns[c], **kw) if len(columns[c][0]) else 0.0 for c in keep]
+    recall = [recall_score(*columns[c], **kw) if len(columns[c][0]) else 0.0 for c in keep]
+    cp = float(np.mean(precision)) if keep else 0.0
+    cr = float(np.mean(recall)) if keep else 0.0
+    y_all = np.concatenate([y for y, _ in columns])
+    pred_all = np.concatenate([p for _, p in columns])
+    return {
+        "CP": cp,
+        "CR": cr,
+        "CF1": 2 * cp * cr / (cp + cr) if cp + cr else 0.0,
+        "OP": precision_score(y_all, pred_all, **kw),
+        "OR": recall_score(y_all, pred_all, **kw),
+        "OF1": f1_score(y_all, pred_all, **kw),
+        "N+": sum(bool(((p == 1) & (y == 1)).any()) for y, p in columns),
+    }
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("ignore_empty", [False, True])
+@pytest.mark.parametrize("per_label", [False, True])
+def test_annotation_metrics_with_unknown_targets_match_sklearn_on_known_entries(
+        seed, ignore_empty, per_label):
+    scores, targets = make_partial_case(seed)
+    assert 0.25 < (targets < 0).double().mean() < 0.35
+    thresholds = 0.5
+    if per_label:
+        g = torch.Generator().manual_seed(seed + 100)
+        thresholds = torch.tensor(GRID, dtype=torch.float64)[torch.randint(14, (40,), generator=g)]
+    ours = annotation_metrics(scores, targets, thresholds, ignore_empty=ignore_empty)
+    expected = sklearn_annotation_metrics_on_known(
+        scores, targets, np.asarray(thresholds), ignore_empty)
+    assert_metrics_equal(ours, expected)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_per_class_metrics_with_unknown_targets_match_sklearn_on_known_rows(seed):
+    scores, targets = make_partial_case(seed)
+    columns = known_columns(scores, targets)
+    for ours, ref in [
+        (per_class_precision, precision_score),
+        (per_class_recall, recall_score),
+        (per_class_f1, f1_score),
+    ]:
+        expected = torch.tensor([ref(y, (s >= 0.5).astype(int), zero_division=0) if len(y) else 0.0
+                                 for y, s in columns], dtype=torch.float64)
+        torch.testing.assert_close(ours(scores, targets, 0.5), expected, rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("quantise", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_average_precision_with_unknown_targets_matches_sklearn_on_known_rows(
+        seed, quantise, dtype):
+    scores, targets = make_partial_case(seed, quantise=quantise, dtype=dtype)
+    expected = np.array([average_precision_score(y, s) if y.any() else np.nan
+                         for y, s in known_columns(scores, targets)])
+    assert np.isnan(expected[[0, 9, 10]]).all() and not np.isnan(expected[11])
+    ours = average_precision_per_class(scores, targets)
+    np.testing.assert_allclose(ours.numpy(), expected, rtol=1e-12, atol=1e-15)
+    assert mean_average_precision(scores, targets) == pytest.approx(np.nanmean(expected), rel=1e-12)
+    assert mean_average_precision(scores, targets, ignore_empty=False) == pytest.approx(
+        np.nan_to_num(expected).mean(), rel=1e-12)
+
+
+def test_average_precision_with_infinite_scores_and_unknown_targets():
+    """Unknown entries are ranked at -inf inside; a positive scored -inf must still not count
+    them at or above itself, nor miss a real -inf negative."""
+    inf = float("inf")
+    scores = torch.tensor([-inf, -inf, 0.3, -inf, -inf, inf, 0.3])[:, None]
+    targets = torch.tensor([1, -1, 0, 0, -1, -1, 1])[:, None]
+    # Known rows: 0.3 pos, 0.3 neg (tie: P = 1/2 at R = 1/2), then -inf pos, -inf neg (P = 2/4).
+    want = 0.5 * 0.5 + 0.5 * 2 / 4
+    finite = torch.where(scores.isinf(), scores.sign() * 10, scores)  # sklearn rejects inf
+    y, s = (targets >= 0).squeeze(1), finite.squeeze(1)
+    assert average_precision_score(targets[y, 0].numpy(), s[y].numpy()) == pytest.approx(want)
+    for order in ([0, 1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1, 0], [1, 4, 3, 0, 6, 2, 5]):
+        assert average_precision_per_class(scores[order], targets[order]).item() == pytest.approx(
+            want, rel=1e-15)
+
+
+@pytest.mark.filterwarnings("ignore:A single label was found")
+@pytest.mark.parametrize("seed, criterion, metric", [
+    *[(seed, "mcc", matthews_corrcoef) for seed in SEEDS],
+    (0, "f1", sklearn_f1),
+])
+def test_tune_thresholds_with_unknown_targets_equals_the_sklearn_loop_on_known_rows(
+        seed, criterion, metric):
+    scores, targets = make_partial_case(seed)
+    expected = []
+    for y, s in known_columns(scores, targets):
+        values = [metric(y, s >= s.dtype.type(t)) if len(y) else 0.0 for t in GRID]
+        expected.append(GRID[values.index(max(values))])
+    assert torch.equal(tune_thresholds(scores, targets, criterion=criterion),
+                       torch.tensor(expected, dtype=torch.float64))
+
+
+@pytest.mark.filterwarnings("ignore:A single label was found")
+def test_images_with_every_label_unknown_change_no_metric_by_a_bit():
+    """Appending images whose labels are all unknown, with scores that tie with and beat the
+    real ones, leaves every metric bit for bit as on the fully labelled targets alone."""
+    scores, targets = make_case(6)
+    g = torch.Generator().manual_seed(6)
+    extra = torch.cat([scores[:50], torch.rand(50, 40, generator=g),
+                       torch.full((5, 40), -torch.inf)])
+    more_scores = torch.cat([scores, extra])
+    more_targets = torch.cat([targets, -torch.ones(len(extra), 40, dtype=targets.dtype)])
+    thresholds = tune_thresholds(scores, targets)
+    assert torch.equal(tune_thresholds(more_scores, more_targets), thresholds)
+    assert annotation_metrics(more_scores, more_targets, thresholds) == annotation_metrics(
+        scores, targets, thresholds)
+    for function in (per_class_precision, per_class_recall, per_class_f1):
+        assert torch.equal(function(more_scores, more_targets), function(scores, targets))
+    torch.testing.assert_close(average_precision_per_class(more_scores, more_targets),
+                               average_precision_per_class(scores, targets),
+                               rtol=0, atol=0, equal_nan=True)
+
+
 # --- input validation and devices --------------------------------------------------------
 
 ALL_FUNCTIONS = [
@@ -319,8 +473,9 @@ def test_bad_inputs_raise_value_error(function, scores, targets):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_matches_cpu():
-    scores, targets = make_case(0, n=2000, c=100)
+@pytest.mark.parametrize("case", [make_case, make_partial_case])
+def test_cuda_matches_cpu(case):
+    scores, targets = case(0, n=2000, c=100)
     gpu_scores, gpu_targets = scores.cuda(), targets.cuda()
     assert annotation_metrics(gpu_scores, gpu_targets) == pytest.approx(
         annotation_metrics(scores, targets), rel=1e-12)

@@ -87,3 +87,34 @@ def carve_validation(train: Split, fraction: float = 0.1, seed: int = 0) -> tupl
     order = np.random.default_rng(seed).permutation(len(train))
     n_val = max(1, round(fraction * len(train)))
     return train.subset(np.sort(order[n_val:]), "train"), train.subset(np.sort(order[:n_val]), "val")
+
+
+def keep_label_proportion(labels: torch.Tensor, proportion: float, seed: int) -> torch.Tensor:
+    """P3's partial-label protocol: keep a random ``proportion`` of every image's labels and
+    mark the others unknown (-1).
+
+    ``labels`` is N x C (1 positive, 0 negative, -1 already unknown). For each image,
+    ``k = max(1, round(proportion * C))`` (Python's round, half to even) of its C label
+    positions are drawn uniformly at random without replacement, independently per image;
+    every other entry becomes -1.
+    Every image thus keeps exactly k labels when it starts fully labelled; an entry that is
+    already -1 stays -1 whether drawn or not, so the draw depends only on (seed, N, C) and
+    never on the label values. The draw uses its own ``numpy`` generator seeded with
+    ``seed``: reproducible, and independent of (and leaving untouched) torch's global RNG.
+    ``proportion = 1`` returns an unchanged copy. The result has the dtype and device of
+    ``labels``, which must be signed to hold -1.
+    """
+    if labels.dim() != 2:
+        raise ValueError(f"labels must be N x C, got shape {tuple(labels.shape)}")
+    if labels.dtype == torch.bool or not (labels.is_floating_point() or labels.is_signed()):
+        raise ValueError(f"labels of dtype {labels.dtype} cannot hold -1 (unknown)")
+    if not 0 < proportion <= 1:
+        raise ValueError(f"proportion must be in (0, 1], got {proportion}")
+    n, c = labels.shape
+    kept_per_image = max(1, round(proportion * c))
+    if kept_per_image >= c:
+        return labels.clone()
+    order = np.random.default_rng(seed).permuted(np.tile(np.arange(c), (n, 1)), axis=1)
+    kept = np.zeros((n, c), dtype=bool)
+    np.put_along_axis(kept, order[:, :kept_per_image], True, axis=1)
+    return labels.masked_fill(~torch.from_numpy(kept).to(labels.device), -1)

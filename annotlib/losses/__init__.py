@@ -1,7 +1,16 @@
-"""Multi-label losses on logits: BCE, focal, ASL and P0's unsymmetrical loss.
+"""Multi-label losses on logits: BCE, focal, ASL, P0's unsymmetrical loss and P3's partial-BCE.
 
 Each family is a plain ``nn.Module`` called ``loss(logits, targets)`` on N x C tensors
 plus the functional form it calls; :func:`create_loss` builds one by name.
+
+Targets are 1 positive, 0 negative and -1 unknown (a missing label of P3's partial-label
+protocol, or VOC's difficult-only class); fully labelled 0/1 targets are valid as they
+are. (P3 writes -1 negative / 0 unknown; annotlib keeps 0 negative.) Every loss here
+accepts partial targets: unknown entries add 0, and ``reduction="mean"`` averages over the
+known entries, which is exactly the usual mean on fully labelled targets. The exceptions
+are deliberate: ``"partial_bce"`` weights each image by the proportion of its known labels
+and averages over images, and ``"bce_unknown_negative"`` counts unknown labels as
+negatives (P3's baseline).
 """
 
 from __future__ import annotations
@@ -9,8 +18,9 @@ from __future__ import annotations
 from torch import nn
 
 from .asl import AsymmetricLoss, asymmetric_loss
-from .bce import BCELoss, bce_loss
+from .bce import BCELoss, KnownLabelsBCELoss, UnknownAsNegativeBCELoss, bce_loss
 from .focal import FocalLoss, focal_loss
+from .partial_bce import PartialBCELoss, partial_bce_loss
 from .unsymmetric import UnsymmetricLoss, unsymmetric_loss
 
 LOSSES: dict[str, type[nn.Module]] = {
@@ -18,6 +28,9 @@ LOSSES: dict[str, type[nn.Module]] = {
     "focal": FocalLoss,
     "asl": AsymmetricLoss,
     "unsymmetric": UnsymmetricLoss,
+    "partial_bce": PartialBCELoss,
+    "bce_known": KnownLabelsBCELoss,
+    "bce_unknown_negative": UnknownAsNegativeBCELoss,
 }
 
 
@@ -35,10 +48,14 @@ __all__ = [
     "AsymmetricLoss",
     "BCELoss",
     "FocalLoss",
+    "KnownLabelsBCELoss",
+    "PartialBCELoss",
+    "UnknownAsNegativeBCELoss",
     "UnsymmetricLoss",
     "asymmetric_loss",
     "bce_loss",
     "create_loss",
     "focal_loss",
+    "partial_bce_loss",
     "unsymmetric_loss",
 ]

@@ -2,6 +2,13 @@
 
 With ``p = sigmoid(x)`` every family here is ``y * positive + (1 - y) * negative``;
 the families differ only in the focusing exponents and margins they pass in.
+
+Targets are N x C: 1 positive, 0 negative, -1 (any negative value) unknown, i.e. a
+missing label of P3's partial-label protocol or VOC's difficult-only class. P3 writes
+-1 negative / 0 unknown; we keep 0 negative so fully labelled 0/1 targets are valid as
+they are. :func:`prepare` returns the mask of known entries and :func:`reduce` zeroes the
+unknown ones and averages over the known ones, so every family accepts partial targets
+without code of its own.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 REDUCTIONS = ("none", "mean", "sum")
+UNKNOWN_HANDLING = ("ignore", "negative")
 
 
 def check_reduction(reduction: str) -> str:
@@ -18,20 +26,46 @@ def check_reduction(reduction: str) -> str:
     return reduction
 
 
-def prepare(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits in at least float32 (bf16/fp16 logs lose the small terms; float64 stays
-    float64 so gradcheck works), targets as the same float dtype."""
+def check_unknown(unknown: str) -> str:
+    if unknown not in UNKNOWN_HANDLING:
+        raise ValueError(f"unknown must be one of {UNKNOWN_HANDLING}, got {unknown!r}")
+    return unknown
+
+
+def prepare(
+    logits: torch.Tensor, targets: torch.Tensor, unknown: str = "ignore"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x, y, known)``: logits in at least float32 (bf16/fp16 logs lose the small terms;
+    float64 stays float64 so gradcheck works), targets in the same float dtype with unknown
+    entries set to 0, and the bool mask of known entries (targets >= 0).
+
+    ``unknown="negative"`` turns unknown entries into known negatives instead (P3's
+    "unknown as negative" baseline); ``"ignore"`` leaves them to be masked by :func:`reduce`.
+    """
     if logits.shape != targets.shape:
         # Broadcasting N x C against C or N x 1 would silently compute the wrong loss.
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} differ")
+    check_unknown(unknown)
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    return logits, targets.to(logits.dtype)
+    targets = targets.to(logits.dtype)
+    known = targets >= 0
+    if unknown == "negative":
+        known = torch.ones_like(known)
+    return logits, targets.clamp(min=0), known
 
 
-def reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
+def reduce(loss: torch.Tensor, known: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Elementwise ``loss`` with unknown entries set to 0, then ``"none"``, ``"sum"`` or
+    ``"mean"`` over the known entries (0 if there is none)."""
     check_reduction(reduction)
+    # where, not a product: the unknown entries' values never reach the result or the gradient.
+    loss = torch.where(known, loss, 0.0)
     if reduction == "mean":
-        return loss.mean()
+        # mean() times numel / known rather than sum() / known: with every entry known the
+        # factor is exactly 1, so fully labelled targets give loss.mean() bit for bit, on
+        # every device (CUDA's mean multiplies by 1 / numel, which a division can miss by an ulp).
+        n_known = known.sum().clamp(min=1).to(loss.dtype)
+        return loss.mean() * (known.numel() / n_known)
     if reduction == "sum":
         return loss.sum()
     return loss

@@ -18,10 +18,10 @@ def asymmetric_loss(
     reduction: str = "mean",
 ) -> torch.Tensor:
     """Functional form of :class:`AsymmetricLoss`."""
-    x, y = prepare(logits, targets)
+    x, y, known = prepare(logits, targets)
     loss = (y * positive_term(x, gamma_pos, detach_focal_weight)
             + (1 - y) * negative_term(x, gamma_neg, clip, detach_focal_weight))
-    return reduce(loss, reduction)
+    return reduce(loss, known, reduction)
 
 
 class AsymmetricLoss(nn.Module):
@@ -39,6 +39,9 @@ class AsymmetricLoss(nn.Module):
     ``disable_torch_grad_focal_loss=True``), the weights ``(1 - p)^gamma_pos`` and
     ``p_m^gamma_neg`` are treated as constants, so only ``log p`` and ``log(1 - p_m)`` are
     differentiated. ``False`` differentiates the whole expression, as P0's own code does.
+
+    Unknown targets (-1) add 0 and the mean is over the known entries (see
+    :mod:`annotlib.losses`).
     """
 
     def __init__(

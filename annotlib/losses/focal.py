@@ -16,9 +16,9 @@ def focal_loss(
     reduction: str = "mean",
 ) -> torch.Tensor:
     """Functional form of :class:`FocalLoss`."""
-    x, y = prepare(logits, targets)
+    x, y, known = prepare(logits, targets)
     loss = y * positive_term(x, gamma_pos) + (1 - y) * negative_term(x, gamma_neg)
-    return reduce(loss, reduction)
+    return reduce(loss, known, reduction)
 
 
 class FocalLoss(nn.Module):
@@ -27,7 +27,8 @@ class FocalLoss(nn.Module):
     ``L = -y (1 - p)^gamma_pos log p - (1 - y) p^gamma_neg log(1 - p)``,  ``p = sigmoid(x)``
 
     Defaults are P0's focal baseline, ``gamma_pos = gamma_neg = 3``; both 0 give BCE.
-    Gradients flow through the focal weights, as in P0's code.
+    Gradients flow through the focal weights, as in P0's code. Unknown targets (-1) add 0
+    and the mean is over the known entries (see :mod:`annotlib.losses`).
     """
 
     def __init__(self, gamma_pos: float = 3.0, gamma_neg: float = 3.0, reduction: str = "mean") -> None:

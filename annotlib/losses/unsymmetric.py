@@ -19,14 +19,14 @@ def unsymmetric_loss(
     reduction: str = "mean",
 ) -> torch.Tensor:
     """Functional form of :class:`UnsymmetricLoss`."""
-    x, y = prepare(logits, targets)
+    x, y, known = prepare(logits, targets)
     z = x - margin_pos
     # Hard positives (q < tau) get the focal weight so they are not drowned by the many
     # easy ones; above tau plain BCE keeps pushing q towards 1 instead of fading out.
     # The switch compares q itself, as P0's code does, so ties at tau go to BCE.
     positive = torch.where(torch.sigmoid(z) >= tau, positive_term(z), positive_term(z, gamma_pos))
     loss = y * positive + (1 - y) * negative_term(x, gamma_neg, margin_neg)
-    return reduce(loss, reduction)
+    return reduce(loss, known, reduction)
 
 
 class UnsymmetricLoss(nn.Module):
@@ -41,7 +41,8 @@ class UnsymmetricLoss(nn.Module):
     then the mean over batch x labels. Defaults are P0's: ``gamma_neg=4``,
     ``margin_neg=0.05``, ``gamma_pos=3``, ``margin_pos=1.1``, ``tau=0.25``. Unlike ASL's
     default, gradients flow through the focal weights (P0's code does not detach them).
-    All gammas and margins at 0 give BCE.
+    All gammas and margins at 0 give BCE. Unknown targets (-1) add 0 and the mean is over
+    the known entries (see :mod:`annotlib.losses`).
     """
 
     def __init__(

@@ -1,16 +1,22 @@
 """Annotation metrics of the automatic image annotation (AIA) literature, on tensors.
 
-Every function takes ``scores[N, C]`` (floating point) and ``targets[N, C]`` (1 marks a
-positive; anything else is negative) for N images and C labels, works on the device of
-``scores`` and returns python floats or tensors on that device.
+Every function takes ``scores[N, C]`` (floating point) and ``targets[N, C]`` for N images
+and C labels, works on the device of ``scores`` and returns python floats or tensors on that
+device. Targets are 1 positive, -1 (any negative value) unknown, anything else negative:
+annotlib's partial-label convention (P3 writes -1 negative / 0 unknown; we keep 0
+negative so fully labelled 0/1 targets are valid as they are). An unknown (image, label)
+pair is left out of that label's evaluation, as VOC leaves out its "difficult" objects:
+it is neither a positive nor a negative, a prediction on it is not counted, and it does
+not enter the label's ranking for AP. To count unknown labels as negatives instead, pass
+``targets.clamp(min=0)``.
 
 A label is predicted when ``score >= threshold``; the threshold is cast to the dtype of
 ``scores`` first, as ``scores >= 0.3`` does in torch and numpy, so that a score stored as
 0.3 meets a threshold of 0.3.
 
-Counts per label c: ``TP_c`` (predicted and positive), ``Pred_c`` (predicted) and
-``GT_c`` (positive). A ratio with a zero denominator is 0, as in scikit-learn with
-``zero_division=0``.
+Counts per label c, over the images where the label is known: ``TP_c`` (predicted and
+positive), ``Pred_c`` (predicted) and ``GT_c`` (positive). A ratio with a zero denominator
+is 0, as in scikit-learn with ``zero_division=0``.
 """
 
 from __future__ import annotations
@@ -37,12 +43,13 @@ def _check_scores_targets(scores: Tensor, targets: Tensor) -> None:
 
 
 def _positives(targets: Tensor) -> Tensor:
-    """``targets == 1`` as a bool tensor.
-
-    Anything else counts as negative for now. Unknown labels (-1) would get a
-    ``targets >= 0`` mask here, to be ANDed into predictions and positives before counting.
-    """
+    """``targets == 1`` as a bool tensor (a positive is always known)."""
     return targets == 1
+
+
+def _known(targets: Tensor) -> Tensor:
+    """``targets >= 0`` as a bool tensor: False where the label is unknown (-1)."""
+    return targets >= 0
 
 
 def _predictions(scores: Tensor, thresholds: float | Tensor) -> Tensor:
@@ -58,9 +65,9 @@ def _predictions(scores: Tensor, thresholds: float | Tensor) -> Tensor:
 def _confusion_counts(
     scores: Tensor, targets: Tensor, thresholds: float | Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(TP_c, Pred_c, GT_c)``, int64 tensors of C."""
+    """``(TP_c, Pred_c, GT_c)``, int64 tensors of C, over the known entries."""
     _check_scores_targets(scores, targets)
-    predicted = _predictions(scores, thresholds)
+    predicted = _predictions(scores, thresholds) & _known(targets)
     positive = _positives(targets)
     return (predicted & positive).sum(0), predicted.sum(0), positive.sum(0)
 
@@ -147,7 +154,10 @@ def average_precision_per_class(scores: Tensor, targets: Tensor) -> Tensor:
 
         AP_c = 1/GT_c * sum_{i positive} TP(score >= s_i) / #(score >= s_i)
 
-    NaN for a label without positives (scikit-learn warns and returns 0 there).
+    Images where label c is unknown are left out of its ranking, as if they were not
+    there: the result is scikit-learn's on the known rows of the column.
+
+    NaN for a label without (known) positives (scikit-learn warns and returns 0 there).
     Raises ValueError on NaN scores (scikit-learn rejects them too).
     """
     _check_scores_targets(scores, targets)
@@ -156,6 +166,11 @@ def average_precision_per_class(scores: Tensor, targets: Tensor) -> Tensor:
     n, c = scores.shape
     positive = _positives(targets)
     n_positive = positive.sum(0)
+    # Unknown entries go to -inf, below every real score but a positive's own -inf, with
+    # which they tie: such a positive subtracts them from its count at or above (below).
+    unknown = ~_known(targets)
+    n_unknown = unknown.sum(0)
+    scores = scores.masked_fill(unknown, -torch.inf)
     # Labels as rows of contiguous [C, N] blocks: sorting and gathering along contiguous rows
     # is faster, and flat indices then run label by label, so that every per-label lookup
     # below is one searchsorted over a flat, sorted array.
@@ -174,6 +189,7 @@ def average_precision_per_class(scores: Tensor, targets: Tensor) -> Tensor:
     label_start = label * n
     group_start = torch.searchsorted(tie_group, tie_group[hits])
     at_or_above = n - (group_start - label_start)
+    at_or_above -= torch.where(ascending.view(-1)[hits] == -torch.inf, n_unknown[label], 0)
     positives_below = torch.searchsorted(hits, group_start) - torch.searchsorted(hits, label_start)
     positives_at_or_above = n_positive[label] - positives_below
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .annotation import _check_scores_targets, _positives
+from .annotation import _check_scores_targets, _known, _positives
 
 # Bools per chunk of the [grid, rows, labels] comparison; bounds memory, keeps it in cache.
 _CHUNK_ELEMENTS = 1 << 22
@@ -23,34 +23,37 @@ def default_threshold_grid(device: torch.device | str | None = None) -> Tensor:
 
 
 def _counts_at_thresholds(
-    scores: Tensor, positive: Tensor, grid: Tensor
+    scores: Tensor, kind: Tensor, grid: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """``(TP, Pred)``, int64 [G, C]: true positives and predictions of ``scores >= grid[g]``.
+    """``(TP, Pred)``, int64 [G, C]: true positives and predictions of ``scores >= grid[g]``
+    among the known entries.
 
-    ``grid`` is ascending and of the dtype of ``scores``. Each score is reduced to its
-    bucket, the number of grid values it meets (``score >= grid[g]`` iff ``bucket > g``),
-    then one histogram of (label, positive, bucket) gives every count at once.
+    ``kind`` is 0 (negative), 1 (positive) or 2 (unknown) per entry; ``grid`` is ascending
+    and of the dtype of ``scores``. Each score is reduced to its bucket, the number of grid
+    values it meets (``score >= grid[g]`` iff ``bucket > g``), then one histogram of
+    (label, kind, bucket) gives every count at once; the unknown slot is then dropped.
     """
     n, c = scores.shape
     g = grid.numel()
     buckets = g + 1
-    histogram = torch.zeros(c * 2 * buckets, dtype=torch.int64, device=scores.device)
-    label_slot = 2 * torch.arange(c, dtype=torch.int32, device=scores.device)
+    histogram = torch.zeros(c * 3 * buckets, dtype=torch.int64, device=scores.device)
+    label_slot = 3 * torch.arange(c, dtype=torch.int32, device=scores.device)
     rows = max(1, _CHUNK_ELEMENTS // (g * c))
     for start in range(0, n, rows):
         chunk = scores[start:start + rows]
         bucket = (chunk >= grid[:, None, None]).sum(0, dtype=torch.int32)
-        key = (label_slot + positive[start:start + rows]) * buckets + bucket
+        key = (label_slot + kind[start:start + rows]) * buckets + bucket
         histogram += torch.bincount(key.view(-1), minlength=histogram.numel())
     # Counts with bucket > g, for g = 0..G-1: a reversed cumulative sum over buckets.
-    meets = histogram.view(c, 2, buckets).flip(-1).cumsum(-1).flip(-1)[..., 1:]
-    return meets[:, 1].T, meets.sum(1).T
+    meets = histogram.view(c, 3, buckets).flip(-1).cumsum(-1).flip(-1)[..., 1:]
+    return meets[:, 1].T, meets[:, :2].sum(1).T
 
 
-def _mcc(tp: Tensor, n_predicted: Tensor, n_true: Tensor, n: int) -> Tensor:
+def _mcc(tp: Tensor, n_predicted: Tensor, n_true: Tensor, n: Tensor) -> Tensor:
     """Matthews correlation coefficient, float64, bit-identical to sklearn's ``matthews_corrcoef``.
 
-    ``MCC = (N TP - GT Pred) / sqrt(Pred (N - Pred) GT (N - GT))``, 0 when the root is 0.
+    ``MCC = (N TP - GT Pred) / sqrt(Pred (N - Pred) GT (N - GT))``, 0 when the root is 0;
+    ``N`` is the number of known entries of each label (int64 [C]).
     sklearn computes the same with every covariance doubled; its covariances are exact
     integers in float64, and doubling commutes with IEEE rounding, so the float64 product,
     root and quotient here round exactly like sklearn's and its ties stay ties.
@@ -62,7 +65,7 @@ def _mcc(tp: Tensor, n_predicted: Tensor, n_true: Tensor, n: int) -> Tensor:
     )
 
 
-def _f1(tp: Tensor, n_predicted: Tensor, n_true: Tensor, n: int) -> Tensor:
+def _f1(tp: Tensor, n_predicted: Tensor, n_true: Tensor, n: Tensor) -> Tensor:
     """``2 TP / (GT + Pred)``, float64, 0 when both are 0 (sklearn ``zero_division=0``)."""
     denominator = n_true + n_predicted
     return torch.where(denominator > 0, (2 * tp).double() / denominator.clamp(min=1).double(), 0.0)
@@ -85,6 +88,8 @@ def tune_thresholds(
     ``grid`` defaults to :func:`default_threshold_grid`; it is sorted, and of equally good
     thresholds the smallest wins, as a loop going up the grid keeping the first maximum.
     Scores are compared in their own dtype (see :mod:`annotlib.metrics.annotation`).
+    Unknown targets (-1) are left out: each label's criterion is computed on the images
+    where that label is known, as ``annotation_metrics`` counts them.
 
     Returns the chosen thresholds as float64 [C] on the device of ``scores``.
     """
@@ -98,8 +103,9 @@ def tune_thresholds(
         raise ValueError(f"grid must be a non-empty 1-D sequence, got shape {tuple(grid.shape)}")
     grid = grid.sort().values
 
-    positive = _positives(targets)
-    tp, n_predicted = _counts_at_thresholds(scores, positive, grid.to(scores.dtype))
-    quality = _CRITERIA[criterion](tp, n_predicted, positive.sum(0), scores.shape[0])
+    positive, known = _positives(targets), _known(targets)
+    kind = torch.where(known, positive.to(torch.int32), 2)
+    tp, n_predicted = _counts_at_thresholds(scores, kind, grid.to(scores.dtype))
+    quality = _CRITERIA[criterion](tp, n_predicted, positive.sum(0), known.sum(0))
     # argmax returns the first maximum: the smallest of tied thresholds.
     return grid[quality.argmax(0)]

@@ -17,12 +17,14 @@ import argparse
 import dataclasses
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 from .experiments import Run, grid
-from .train import TrainConfig
+from .train import TrainConfig, parse_overrides
+from .train.run import claim_run_dir
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 PAPER_NOTEBOOKS = {"p0": "01_unsymmetric_loss.ipynb"}
@@ -58,7 +60,16 @@ def execute(source: str, target: Path, parameters: dict) -> None:
                                kernel_name="python3", progress_bar=False, cwd=str(NOTEBOOKS))
 
 
-def run_grid(runs: list[Run], out: Path, projections: list[str]) -> list[tuple[Path, str]]:
+def train_data_parallel(cfg: TrainConfig, run_dir: Path, nproc: int) -> None:
+    """Train ``cfg`` into ``run_dir`` under torchrun on ``nproc`` processes; the notebook then
+    finds the finished run and only evaluates and plots it."""
+    claim_run_dir(cfg, run_dir)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+                    "-m", "annotlib.train", "--config", str(run_dir / "config.json"), "--out", str(run_dir)],
+                   check=True)
+
+
+def run_grid(runs: list[Run], out: Path, projections: list[str], nproc: int = 1) -> list[tuple[Path, str]]:
     """Execute every run's notebook that has not finished; returns (notebook, error) failures."""
     failures = []
     for i, run in enumerate(runs, 1):
@@ -70,6 +81,8 @@ def run_grid(runs: list[Run], out: Path, projections: list[str]) -> list[tuple[P
         print(f"[{i}/{len(runs)}] {run.path} ...", flush=True)
         started = time.perf_counter()
         try:
+            if nproc > 1:
+                train_data_parallel(run.config, run_dir, nproc)
             execute(PAPER_NOTEBOOKS[run.paper], notebook,
                     notebook_parameters(run.config, run_dir.resolve(), projections))
         except Exception as err:  # noqa: BLE001 -- one failed run must not stop the grid
@@ -78,24 +91,6 @@ def run_grid(runs: list[Run], out: Path, projections: list[str]) -> list[tuple[P
             continue
         print(f"    done in {time.perf_counter() - started:.0f} s", flush=True)
     return failures
-
-
-def parse_overrides(items: list[str]) -> dict:
-    """``["epochs=5", "backbone=resnet18"]`` -> config fields; values are read as JSON where
-    they parse (numbers, true/false, null, lists), else kept as strings."""
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or key not in fields:
-            raise SystemExit(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(sorted(fields))}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-        if isinstance(out[key], list):
-            out[key] = tuple(out[key])
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,16 +112,22 @@ def main(argv: list[str] | None = None) -> int:
                              "image_size=224 epochs=10 (a changed config needs its own --reports folder)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars in the notebooks")
+    parser.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
+                        help="train each run data-parallel on N GPUs (torchrun) before its notebook "
+                             "draws the figures (default: 1, training inside the notebook)")
     args = parser.parse_args(argv)
     if args.data_root:
         os.environ["ANNOTLIB_DATA_ROOT"] = str(Path(args.data_root).resolve())
 
     out = Path(args.reports) / args.profile
-    overrides = {**parse_overrides(args.set), "device": args.device, "progress": not args.no_progress}
+    try:
+        overrides = {**parse_overrides(args.set), "device": args.device, "progress": not args.no_progress}
+    except ValueError as err:
+        parser.error(f"--set {err}")
     runs = [dataclasses.replace(run, config=run.config.replace(**overrides))
             for run in grid(args.profile, datasets=args.datasets, seeds=args.seeds)
             if not args.losses or run.config.loss in args.losses]
-    failures = run_grid(runs, out, PROJECTIONS[args.profile])
+    failures = run_grid(runs, out, PROJECTIONS[args.profile], args.nproc_per_node)
     report = out / REPORT_NOTEBOOK
     try:
         execute(REPORT_NOTEBOOK, report, {"profile_dir": str(out.resolve())})

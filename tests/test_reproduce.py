@@ -67,7 +67,7 @@ def test_notebook_parameters_reproduce_the_config(tmp_path):
 def test_set_overrides_parse_json_values():
     assert reproduce.parse_overrides(["epochs=5", "weights_file=w.pt", "crop_scale=[0.5, 1]", "bf16=false"]) == \
         {"epochs": 5, "weights_file": "w.pt", "crop_scale": (0.5, 1), "bf16": False}
-    with pytest.raises(SystemExit, match="no_such_field"):
+    with pytest.raises(ValueError, match="no_such_field"):
         reproduce.parse_overrides(["no_such_field=1"])
 
 

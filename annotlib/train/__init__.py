@@ -1,6 +1,6 @@
 """Training: one ``fit`` for every paper, tasks, and whole runs from a config."""
 
-from .config import TrainConfig
+from .config import TrainConfig, parse_overrides
 from .loop import NonFiniteLossError, fit, predict, resolve_device
 from .run import (
            AnnotationRun,
@@ -21,6 +21,7 @@ __all__ = [
            "fit",
            "load_run",
            "load_thresholds",
+           "parse_overrides",
            "predict",
            "prepare_run",
            "resolve_device",

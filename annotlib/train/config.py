@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 
 
@@ -69,3 +70,21 @@ class TrainConfig:
             raise ValueError(f"normalize must be 'backbone' or 'dataset', got {self.normalize!r}")
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["epochs=5", "backbone=resnet18"]`` -> config fields; values are read as JSON where
+    they parse (numbers, true/false, null, lists), else kept as strings."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"{item!r}: expected FIELD=VALUE with FIELD one of {', '.join(sorted(fields))}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+        if isinstance(out[key], list):
+            out[key] = tuple(out[key])
+    return out

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..io import atomic_torch_save, atomic_write_text
 from .config import TrainConfig
+from .distributed import Context, wrap
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -77,7 +78,7 @@ def _write_history(path: Path, history: list[dict]) -> None:
 
 
 def fit(model: nn.Module, task: Task, train_batches, val_batches, cfg: TrainConfig,
-        out_dir: str | Path, *, select: str = "val_mAP") -> list[dict]:
+        out_dir: str | Path, *, select: str = "val_mAP", ctx: Context | None = None) -> list[dict]:
     """Train ``model`` for ``cfg.epochs``, validating after every epoch.
 
     Writes ``history.csv``, ``best.pt`` (the weights of the epoch with the highest
@@ -85,10 +86,13 @@ def fit(model: nn.Module, task: Task, train_batches, val_batches, cfg: TrainConf
     ``checkpoint.pt`` (everything needed to resume) into ``out_dir``, each atomically
     at the end of an epoch. Called again on the same ``out_dir``, it resumes after the
     last finished epoch and ends with the same weights as an uninterrupted run.
-    Returns the per-epoch history.
+    Under several processes (``ctx``, see :mod:`annotlib.train.distributed`) the model
+    trains in DistributedDataParallel and only rank 0 writes. Returns the per-epoch history.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    ctx = ctx or Context(device=train_batches.device)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     device = train_batches.device
     model.to(device)
     optimizer = make_optimizer(model, cfg)
@@ -104,7 +108,9 @@ def fit(model: nn.Module, task: Task, train_batches, val_batches, cfg: TrainConf
         history = state["history"]
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    step_model = torch.compile(model) if cfg.compile else model
+    step_model = wrap(model, ctx)
+    if cfg.compile:
+        step_model = torch.compile(step_model)
 
     for epoch in range(len(history), cfg.epochs):
         torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout draws depend on the epoch only: resumable
@@ -118,13 +124,17 @@ def fit(model: nn.Module, task: Task, train_batches, val_batches, cfg: TrainConf
                "val_loss": task.loss(outputs, targets).item(),
                **{f"val_{k}": v for k, v in task.validation_metrics(outputs, targets).items()},
                "train_seconds": round(seconds, 3),
-               "train_img_per_s": round(len(train_batches) * train_batches.batch_size / seconds, 2)}
-        if not history or row[select] > max(r[select] for r in history):
-            atomic_torch_save(model.state_dict(), out / "best.pt")
+               "train_img_per_s": round(len(train_batches) * train_batches.batch_size * ctx.world_size
+                                        / seconds, 2)}
+        improved = not history or row[select] > max(r[select] for r in history)
         history.append(row)
-        atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                           "scheduler": scheduler.state_dict(), "history": history}, checkpoint)
-        _write_history(out / "history.csv", history)
+        if ctx.is_main:
+            if improved:
+                atomic_torch_save(model.state_dict(), out / "best.pt")
+            atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "scheduler": scheduler.state_dict(), "history": history}, checkpoint)
+            _write_history(out / "history.csv", history)
+        ctx.barrier()  # every rank sees this epoch's files before any goes on
     return history
 
 

@@ -14,7 +14,9 @@ from ..io import read_json, write_json
 from ..losses import create_loss
 from ..metrics import annotation_metrics, mean_average_precision, tune_thresholds
 from ..models import Annotator
+from . import distributed
 from .config import TrainConfig
+from .distributed import Context
 from .loop import fit, predict, resolve_device
 from .tasks import MultiLabelTask
 
@@ -48,13 +50,18 @@ class AnnotationRun:
     def classes(self) -> list[str]:
         return self.splits["train"].classes
 
-    def batches(self, split: str, train: bool = False) -> DeviceBatches:
-        cfg = self.cfg
+    def batches(self, split: str, train: bool = False, ctx: Context | None = None) -> DeviceBatches:
+        """Batches of ``split``; for training under several processes, this rank's shard with
+        its share of the batch (the global batch stays ``cfg.batch_size``)."""
+        cfg, ctx = self.cfg, ctx or Context(device=self.device)
+        if train and cfg.batch_size % ctx.world_size:
+            raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {ctx.world_size} processes")
         return DeviceBatches(self.images[split], self.splits[split].labels, device=self.device,
                              mean=self.mean, std=self.std, train=train,
-                             batch_size=cfg.batch_size if train else cfg.eval_batch_size,
+                             batch_size=cfg.batch_size // ctx.world_size if train else cfg.eval_batch_size,
                              hflip=cfg.hflip, vflip=cfg.vflip, crop_scale=cfg.crop_scale,
-                             channels_last=cfg.channels_last, seed=cfg.seed)
+                             channels_last=cfg.channels_last, seed=cfg.seed,
+                             rank=ctx.rank if train else 0, world_size=ctx.world_size if train else 1)
 
     def scores(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Sigmoid scores and targets of ``split`` on the CPU."""
@@ -67,8 +74,9 @@ class AnnotationRun:
                        bf16=self.cfg.bf16)[0].cpu()
 
 
-def prepare_run(cfg: TrainConfig) -> AnnotationRun:
-    """Load the splits, decode them into the cache and build the model of ``cfg`` (untrained)."""
+def prepare_run(cfg: TrainConfig, device: torch.device | None = None) -> AnnotationRun:
+    """Load the splits, decode them into the cache and build the model of ``cfg`` (untrained),
+    for ``device`` (default: ``cfg.device`` resolved)."""
     splits = {s: load_split(cfg.dataset, s, cfg.data_root, val_fraction=cfg.val_fraction) for s in SPLITS}
     images = {s: cached_images(split.image_paths, cfg.image_size, progress=cfg.progress)
               for s, split in splits.items()}
@@ -77,7 +85,7 @@ def prepare_run(cfg: TrainConfig) -> AnnotationRun:
                       weights_file=cfg.weights_file)
     mean, std = (model.mean, model.std) if cfg.normalize == "backbone" else channel_stats(images["train"])
     task = MultiLabelTask(create_loss(cfg.loss, **cfg.loss_kwargs), name=cfg.loss)
-    return AnnotationRun(cfg, splits, images, model, task, resolve_device(cfg.device),
+    return AnnotationRun(cfg, splits, images, model, task, device or resolve_device(cfg.device),
                          tuple(mean), tuple(std))
 
 
@@ -100,15 +108,21 @@ def run_annotation(cfg: TrainConfig, out_dir: str | Path) -> dict:
     Resumes a killed run from its last epoch; returns the stored metrics of a
     finished one without training again. The checkpoint is chosen on the validation
     split, thresholds are tuned on ``cfg.threshold_split``, and the test split is
-    evaluated once, at the end.
+    evaluated once, at the end. Under ``torchrun`` it trains data-parallel (see
+    :mod:`annotlib.train.distributed`) and only rank 0 writes.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    claim_run_dir(cfg, out)
+    ctx = distributed.setup(resolve_device(cfg.device))
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        claim_run_dir(cfg, out)
+    ctx.barrier()
     if (out / "metrics.json").exists():
         return read_json(out / "metrics.json")
-    run = prepare_run(cfg)
-    history = fit(run.model, run.task, run.batches("train", train=True), run.batches("val"), cfg, out)
+    with ctx.main_first():  # rank 0 decodes the image cache, the others then read it
+        run = prepare_run(cfg, ctx.device)
+    history = fit(run.model, run.task, run.batches("train", train=True, ctx=ctx), run.batches("val"), cfg, out,
+                  ctx=ctx)
     best_epoch = max(history, key=lambda row: row["val_mAP"])["epoch"]
     run.model.load_state_dict(torch.load(out / "best.pt", map_location=run.device, weights_only=True))
 
@@ -123,8 +137,10 @@ def run_annotation(cfg: TrainConfig, out_dir: str | Path) -> dict:
         "test": evaluate_scores(*results["test"], thresholds),
         "train_seconds": round(sum(row["train_seconds"] for row in history), 2),
     }
-    write_json(out / "thresholds.json", dict(zip(run.classes, thresholds.tolist())))
-    write_json(out / "metrics.json", metrics)
+    if ctx.is_main:
+        write_json(out / "thresholds.json", dict(zip(run.classes, thresholds.tolist())))
+        write_json(out / "metrics.json", metrics)
+    ctx.barrier()
     return metrics
 
 

@@ -118,3 +118,33 @@ def keep_label_proportion(labels: torch.Tensor, proportion: float, seed: int) ->
     kept = np.zeros((n, c), dtype=bool)
     np.put_along_axis(kept, order[:, :kept_per_image], True, axis=1)
     return labels.masked_fill(~torch.from_numpy(kept).to(labels.device), -1)
+
+
+def pseudo_label(scores: torch.Tensor, targets: torch.Tensor, *, threshold: float | None = None,
+                 proportion: float | None = None) -> torch.Tensor:
+    """P3's curriculum labelling: fill some unknown (-1) entries of ``targets`` from ``scores``
+    (probabilities, N x C), known entries unchanged.
+
+    ``threshold`` (in (0.5, 1)): an unknown entry becomes 1 where its score is >= threshold
+    and 0 where it is <= 1 - threshold (the score threshold strategy). ``proportion`` (in
+    (0, 1]): instead, the most confident ``proportion`` of the unknown entries, confidence
+    being ``max(s, 1 - s)``, each labelled by ``s >= 0.5`` (the top-proportion strategy).
+    Give exactly one of the two.
+    """
+    if (threshold is None) == (proportion is None):
+        raise ValueError("give exactly one of threshold and proportion")
+    if scores.shape != targets.shape:
+        raise ValueError(f"scores {tuple(scores.shape)} and targets {tuple(targets.shape)} differ")
+    unknown = targets < 0
+    if threshold is not None:
+        if not 0.5 < threshold < 1:
+            raise ValueError(f"threshold must be in (0.5, 1), got {threshold}")
+        confident = unknown & ((scores >= threshold) | (scores <= 1 - threshold))
+    else:
+        if not 0 < proportion <= 1:
+            raise ValueError(f"proportion must be in (0, 1], got {proportion}")
+        confidence = torch.where(unknown, torch.maximum(scores, 1 - scores), -1.0)
+        count = round(proportion * int(unknown.sum()))
+        confident = torch.zeros_like(unknown)
+        confident.view(-1)[confidence.view(-1).topk(count).indices] = True
+    return torch.where(confident, (scores >= 0.5).to(targets.dtype), targets)

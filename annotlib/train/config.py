@@ -21,6 +21,11 @@ class TrainConfig:
     hflip: bool = True
     vflip: bool = True
     crop_scale: tuple[float, float] | None = None  # random-resized-crop area range; None: no crop
+    # partial labels (P3): the proportion of each train/val image's labels kept known, and
+    # curriculum labelling rounds that turn confident predictions into pseudo-labels
+    label_proportion: float = 1.0
+    curriculum_rounds: int = 0  # extra training rounds, each on the previous round's pseudo-labels
+    curriculum_threshold: float = 0.9  # score >= t -> positive, <= 1 - t -> negative
     # model
     backbone: str = "mobilenetv2_100"  # any timm name
     weights_file: str | None = None  # local pretrained weights in timm layout

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..data import DeviceBatches, Split, cached_images, channel_stats, load_split
+from ..data.labels import keep_label_proportion, pseudo_label
 from ..io import read_json, write_json
 from ..losses import create_loss
 from ..metrics import annotation_metrics, mean_average_precision, tune_thresholds
@@ -78,6 +79,10 @@ def prepare_run(cfg: TrainConfig, device: torch.device | None = None) -> Annotat
     """Load the splits, decode them into the cache and build the model of ``cfg`` (untrained),
     for ``device`` (default: ``cfg.device`` resolved)."""
     splits = {s: load_split(cfg.dataset, s, cfg.data_root, val_fraction=cfg.val_fraction) for s in SPLITS}
+    if cfg.label_proportion < 1:  # P3's protocol: train and val lose labels, test stays complete
+        for offset, s in enumerate(("train", "val")):
+            labels = keep_label_proportion(splits[s].labels, cfg.label_proportion, cfg.seed * 2 + offset)
+            splits[s] = dataclasses.replace(splits[s], labels=labels)
     images = {s: cached_images(split.image_paths, cfg.image_size, progress=cfg.progress)
               for s, split in splits.items()}
     torch.manual_seed(cfg.seed)
@@ -121,10 +126,20 @@ def run_annotation(cfg: TrainConfig, out_dir: str | Path) -> dict:
         return read_json(out / "metrics.json")
     with ctx.main_first():  # rank 0 decodes the image cache, the others then read it
         run = prepare_run(cfg, ctx.device)
-    history = fit(run.model, run.task, run.batches("train", train=True, ctx=ctx), run.batches("val"), cfg, out,
-                  ctx=ctx)
+    rounds, seconds = [], 0.0
+    for round_ in range(cfg.curriculum_rounds + 1):
+        folder = out if round_ == 0 else out / f"curriculum-round{round_}"
+        if round_:  # P3's curriculum labelling: confident predictions fill unknown labels
+            train = run.splits["train"]
+            labels = pseudo_label(run.scores("train")[0], train.labels, threshold=cfg.curriculum_threshold)
+            rounds.append({"round": round_, "pseudo_labels": int((train.labels < 0).sum() - (labels < 0).sum()),
+                           "unknown_left": int((labels < 0).sum())})
+            run.splits["train"] = dataclasses.replace(train, labels=labels)
+        history = fit(run.model, run.task, run.batches("train", train=True, ctx=ctx), run.batches("val"), cfg,
+                      folder, ctx=ctx)
+        seconds += sum(row["train_seconds"] for row in history)
+        run.model.load_state_dict(torch.load(folder / "best.pt", map_location=run.device, weights_only=True))
     best_epoch = max(history, key=lambda row: row["val_mAP"])["epoch"]
-    run.model.load_state_dict(torch.load(out / "best.pt", map_location=run.device, weights_only=True))
 
     results = {s: run.scores(s) for s in {"val", "test", cfg.threshold_split}}
     thresholds = tune_thresholds(*results[cfg.threshold_split])
@@ -135,8 +150,10 @@ def run_annotation(cfg: TrainConfig, out_dir: str | Path) -> dict:
         "num_images": {s: len(split) for s, split in run.splits.items()},
         "val": evaluate_scores(*results["val"], thresholds),
         "test": evaluate_scores(*results["test"], thresholds),
-        "train_seconds": round(sum(row["train_seconds"] for row in history), 2),
+        "train_seconds": round(seconds, 2),
     }
+    if cfg.label_proportion < 1 or rounds:
+        metrics["partial_labels"] = {"label_proportion": cfg.label_proportion, "curriculum": rounds}
     if ctx.is_main:
         write_json(out / "thresholds.json", dict(zip(run.classes, thresholds.tolist())))
         write_json(out / "metrics.json", metrics)

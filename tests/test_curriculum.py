@@ -1,0 +1,55 @@
+"""P3 in training: partial train/val labels, and curriculum labelling rounds."""
+
+import pytest
+import torch
+
+from annotlib.data.labels import pseudo_label
+from annotlib.data.synthetic import generate_synthetic
+from annotlib.train import TrainConfig, prepare_run, run_annotation
+
+
+def test_pseudo_label_by_threshold_fills_only_confident_unknowns():
+    scores = torch.tensor([[0.95, 0.05, 0.5, 0.91], [0.2, 0.99, 0.08, 0.92]])
+    targets = torch.tensor([[-1, -1, -1, 0], [-1, 1, -1, -1]], dtype=torch.int8)
+    expected = torch.tensor([[1, 0, -1, 0], [-1, 1, 0, 1]], dtype=torch.int8)
+    assert torch.equal(pseudo_label(scores, targets, threshold=0.9), expected)
+
+
+def test_pseudo_label_by_proportion_takes_the_most_confident_unknowns():
+    scores = torch.tensor([[0.97, 0.4, 0.02], [0.6, 0.1, 0.3]])
+    targets = torch.full((2, 3), -1, dtype=torch.int8)
+    # Confidences 0.97 0.6 0.98 / 0.6 0.9 0.7: the top half (3 of 6) are 0.98, 0.97, 0.9.
+    expected = torch.tensor([[1, -1, 0], [-1, 0, -1]], dtype=torch.int8)
+    assert torch.equal(pseudo_label(scores, targets, proportion=0.5), expected)
+    with pytest.raises(ValueError, match="exactly one"):
+        pseudo_label(scores, targets)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return generate_synthetic(tmp_path_factory.mktemp("data") / "synthetic", num_images=300, image_size=48, seed=2)
+
+
+def config(root, **changes):
+    return TrainConfig(dataset="synthetic", data_root=str(root), image_size=48, backbone="resnet10t", epochs=1,
+                       batch_size=32, lr=3e-3, normalize="dataset", progress=False, seed=0, device="cpu",
+                       **changes)
+
+
+def test_label_proportion_hides_train_and_val_labels_but_not_test(root):
+    run = prepare_run(config(root, label_proportion=0.25))
+    classes = run.splits["train"].num_classes
+    for split in ("train", "val"):
+        known = (run.splits[split].labels >= 0).sum(1)
+        assert (known == round(0.25 * classes)).all()
+    assert (run.splits["test"].labels >= 0).all()
+
+
+@pytest.mark.slow
+def test_curriculum_round_adds_pseudo_labels_and_trains_again(root, tmp_path):
+    metrics = run_annotation(config(root, loss="partial_bce", label_proportion=0.3, curriculum_rounds=1,
+                                    curriculum_threshold=0.7).replace(epochs=2), tmp_path)
+    (round1,) = metrics["partial_labels"]["curriculum"]
+    assert round1["pseudo_labels"] > 0 and round1["unknown_left"] >= 0
+    assert (tmp_path / "curriculum-round1" / "best.pt").exists()
+    assert 0 < metrics["test"]["mAP"] <= 1

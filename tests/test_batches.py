@@ -77,3 +77,32 @@ def test_shards_cover_every_sample_once_per_rank(images):
         seen.append(torch.cat([idx for _, _, idx in batches]))
     assert all(len(s) == 4 for s in seen)
     assert set(torch.cat(seen).tolist()) == set(range(10))
+
+
+def test_flip_draws_match_torchvisions_random_flips():
+    """Horizontal and vertical flips each with probability 1/2, independently, as torchvision's
+    RandomHorizontalFlip and RandomVerticalFlip: a chi-square test on the four combinations."""
+    from scipy.stats import chi2_contingency
+    from torchvision.transforms import RandomHorizontalFlip, RandomVerticalFlip
+
+    n = 4000
+    batches = DeviceBatches(np.zeros((n, 4, 4, 3), np.uint8), torch.zeros(n, 1), batch_size=n, train=True,
+                            hflip=True, vflip=True, seed=0)
+    _, ours = batches._augmentation(n, torch.Generator().manual_seed(0))
+    ours = ours[:, 0].long() * 2 + ours[:, 1].long()
+    torch.manual_seed(0)
+    marker = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])  # where the corner goes tells the flips
+    h, v = RandomHorizontalFlip(), RandomVerticalFlip()
+    theirs = torch.tensor([int(v(h(marker))[0].argmax()) for _ in range(n)])  # 0 none, 1 h, 2 v, 3 both
+    theirs = (theirs % 2) * 2 + theirs // 2
+    table = [torch.bincount(ours, minlength=4).tolist(), torch.bincount(theirs, minlength=4).tolist()]
+    assert chi2_contingency(table).pvalue > 1e-3, table
+    assert all(abs(c - n / 4) < 4 * (n * 3 / 16) ** 0.5 for c in table[0]), table[0]
+
+
+def test_batches_are_contiguous_in_the_layout_asked_for(images):
+    for channels_last in (False, True):
+        batches = DeviceBatches(images, torch.zeros(10, 1), batch_size=4, channels_last=channels_last)
+        x = next(iter(batches))[0]
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        assert x.is_contiguous(memory_format=layout)

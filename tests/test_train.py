@@ -51,19 +51,19 @@ def test_short_run_beats_the_label_prior_and_writes_its_files(small, tmp_path):
 def test_killed_run_resumes_to_the_same_metrics(small, tmp_path, monkeypatch):
     full = run_annotation(small, tmp_path / "full")
 
-    original = fit_module._train_epoch
+    original = fit_module.train_epoch
 
     def killed_in_epoch_3(model, task, batches, optimizer, scheduler, cfg, epoch):
         if epoch == 2:
             raise KeyboardInterrupt("killed")
         return original(model, task, batches, optimizer, scheduler, cfg, epoch)
 
-    monkeypatch.setattr(fit_module, "_train_epoch", killed_in_epoch_3)
+    monkeypatch.setattr(fit_module, "train_epoch", killed_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         run_annotation(small, tmp_path / "resumed")
     assert len(list(csv.DictReader(open(tmp_path / "resumed" / "history.csv")))) == 2
     assert not (tmp_path / "resumed" / "metrics.json").exists()
-    monkeypatch.setattr(fit_module, "_train_epoch", original)
+    monkeypatch.setattr(fit_module, "train_epoch", original)
     resumed = run_annotation(small, tmp_path / "resumed")
     assert history_without_timings(tmp_path / "full" / "history.csv") == \
         history_without_timings(tmp_path / "resumed" / "history.csv")

@@ -113,28 +113,43 @@ class DeviceBatches:
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = self._order(generator)
+        # The epoch's order and augmentation parameters go to the device in one copy each, so
+        # the batch loop never waits on a host-to-device transfer.
+        on_device = order.to(self.device)
+        theta, flips = self._augmentation(len(order), generator)
         for b in range(len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            yield self._images(idx.to(self.device), generator), self.targets[idx.to(self.device)], idx
+            at = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            idx = on_device[at]
+            yield (self._images(idx, None if theta is None else theta[at], None if flips is None else flips[at]),
+                   self.targets[idx], order[at])
 
-    def _images(self, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        x = self.images[idx].permute(0, 3, 1, 2).float()
-        n = len(idx)
-        if self.train and self.crop_scale is not None:
+    def _augmentation(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Per-position crop-and-flip matrices (with a crop) or flip flags (without), on the device."""
+        if not self.train:
+            return None, None
+        if self.crop_scale is not None:
             boxes = random_resized_crop_boxes(n, self.size, self.crop_scale, self.crop_ratio, generator)
             flips = torch.rand(n, 2, generator=generator) < 0.5
             theta = crop_flip_theta(boxes, self.size, flips[:, 0] & self.hflip, flips[:, 1] & self.vflip)
-            grid = F.affine_grid(theta.to(self.device), [n, 3, self.out_size, self.out_size], align_corners=False)
+            return theta.to(self.device), None
+        if self.hflip or self.vflip:
+            flips = torch.rand(n, 2, generator=generator) < 0.5
+            flips &= torch.tensor([self.hflip, self.vflip])
+            return None, flips.to(self.device)
+        return None, None
+
+    def _images(self, idx: torch.Tensor, theta: torch.Tensor | None, flips: torch.Tensor | None) -> torch.Tensor:
+        x = self.images[idx].permute(0, 3, 1, 2).float()
+        if theta is not None:
+            grid = F.affine_grid(theta, [len(idx), 3, self.out_size, self.out_size], align_corners=False)
             x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
         else:
-            if self.train and (self.hflip or self.vflip):
-                flips = (torch.rand(n, 2, generator=generator) < 0.5).to(self.device)
-                if self.hflip:
-                    x = torch.where(flips[:, 0, None, None, None], x.flip(3), x)
-                if self.vflip:
-                    x = torch.where(flips[:, 1, None, None, None], x.flip(2), x)
+            if flips is not None:
+                x = torch.where(flips[:, 0, None, None, None], x.flip(3), x)
+                x = torch.where(flips[:, 1, None, None, None], x.flip(2), x)
             if self.out_size != self.size:
                 x = F.interpolate(x, size=(self.out_size, self.out_size), mode="bilinear",
                                   align_corners=False, antialias=True)
         x = (x - self.mean) / self.std
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        # The cache is N x H x W x C, so without this the batch would be channels-last in memory.
+        return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)

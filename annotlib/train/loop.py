@@ -117,7 +117,7 @@ def fit(model: nn.Module, task: Task, train_batches, val_batches, cfg: TrainConf
         train_batches.set_epoch(epoch)
         model.train()
         started = time.perf_counter()
-        losses = _train_epoch(step_model, task, train_batches, optimizer, scheduler, cfg, epoch)
+        losses = train_epoch(step_model, task, train_batches, optimizer, scheduler, cfg, epoch)
         seconds = time.perf_counter() - started
         outputs, targets = predict(step_model, task.forward, val_batches, bf16=cfg.bf16)
         row = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "train_loss": losses,
@@ -138,7 +138,7 @@ def fit(model: nn.Module, task: Task, train_batches, val_batches, cfg: TrainConf
     return history
 
 
-def _train_epoch(model, task, batches, optimizer, scheduler, cfg, epoch) -> float:
+def train_epoch(model, task, batches, optimizer, scheduler, cfg, epoch) -> float:
     """One epoch; returns the mean training loss. A non-finite loss stops training with
     the epoch, step, sample indices and loss name."""
     from tqdm.auto import tqdm
@@ -166,7 +166,8 @@ def _train_epoch(model, task, batches, optimizer, scheduler, cfg, epoch) -> floa
                     f"{len(batches)}, batch sample indices {idx_bad.tolist()}")
             total += losses.sum()
             bar.update(len(pending))
-            bar.set_postfix(loss=f"{losses.mean().item():.4f}")
+            if cfg.progress:
+                bar.set_postfix(loss=f"{losses.mean().item():.4f}")
             pending.clear()
     bar.close()
     return total.item() / len(batches)

@@ -1,0 +1,67 @@
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from annotlib.data.synthetic import generate_synthetic
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("train_throughput", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_throughput_reports_every_number(bench, tmp_path, monkeypatch, capsys):
+    root = generate_synthetic(tmp_path / "synthetic", num_images=40, image_size=32, seed=3)
+
+    def broken_compile(model, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", broken_compile)  # the A/B arm must fail gracefully
+    out = tmp_path / "result.json"
+    report = bench.main(["--dataset", "synthetic", "--data-root", str(root), "--device", "cpu",
+                         "--backbone", "resnet10t", "--image-size", "32", "--batch-size", "4",
+                         "--steps", "2", "--warmup", "1", "--eval-batch-size", "8", "--ab",
+                         "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+
+    for name in ("S", "T", "R", "inference"):
+        m = report["measurements"][name]
+        assert m["img_per_s"] > 0 and m["seconds"] > 0 and m["peak_mem_mib"] > 0, name
+        assert m["images"] == 8, name  # steps x batch; inference: whole eval batches of those
+    assert 0 <= report["measurements"]["T"]["data_share"] <= 1
+    assert report["measurements"]["T"]["input_layout"] in ("NCHW", "channels_last")
+    assert set(report["ratios"]) == {"T/S", "T/R", "inference/T"}
+    assert all(v > 0 for v in report["ratios"].values())
+    assert report["goals"] == {"T/S": 0.8, "T/R": 1.5}
+    assert report["gflops_per_image"] > 0 and report["mfu"] is None
+    env = report["environment"]
+    assert env["device"] == "cpu" and env["threads"] >= 1 and env["torch"] == torch.__version__
+    assert env["device_name"] and env["load_start"] >= 0 and env["load_end"] >= 0
+
+    assert set(report["ab"]) == {"channels_last", "compile"}  # no bf16 A/B on CPU
+    for arm in ("on", "off"):
+        assert all(report["ab"]["channels_last"][arm][k]["img_per_s"] > 0 for k in ("S", "T"))
+    assert "no compiler here" in report["ab"]["compile"]["on"]["error"]
+    assert report["ab"]["compile"]["off"]["T"] == report["measurements"]["T"]
+
+    printed = capsys.readouterr().out
+    assert "MFU: n/a" in printed and "T/S" in printed and "compile=True failed" in printed
+
+
+def test_depthwise_convolution_backward_costs_two_forwards(bench):
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+    x = torch.randn(2, 8, 16, 16, requires_grad=True)
+    forward = 2 * 2 * 8 * 16 * 16 * 9  # 2 FLOPs per multiply-add, one 3x3 filter per channel
+    fixed = {torch.ops.aten.convolution_backward: bench.conv_backward_flops}
+    with FlopCounterMode(display=False, custom_mapping=fixed) as counter:
+        conv(x).sum().backward()
+    assert counter.get_total_flops() == 3 * forward

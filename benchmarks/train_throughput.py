@@ -46,7 +46,7 @@ from annotlib.data import DeviceBatches, cached_images, load_split
 from annotlib.losses import create_loss
 from annotlib.models import Annotator
 from annotlib.train import TrainConfig
-from annotlib.train.loop import train_epoch, autocast, make_optimizer, predict, resolve_device
+from annotlib.train.loop import autocast, make_optimizer, predict, resolve_device, train_epoch
 from annotlib.train.tasks import MultiLabelTask
 
 RESULTS = Path(__file__).parent / "results"

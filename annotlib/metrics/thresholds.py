@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .annotation import _check_scores_targets, _known, _positives
 
-# Bools per chunk of the [grid, rows, labels] comparison; bounds memory, keeps it in cache.
+# Scores per chunk of the bucket histogram; bounds the memory of the int32 keys.
 _CHUNK_ELEMENTS = 1 << 22
 
 
@@ -38,10 +38,10 @@ def _counts_at_thresholds(
     buckets = g + 1
     histogram = torch.zeros(c * 3 * buckets, dtype=torch.int64, device=scores.device)
     label_slot = 3 * torch.arange(c, dtype=torch.int32, device=scores.device)
-    rows = max(1, _CHUNK_ELEMENTS // (g * c))
+    rows = max(1, _CHUNK_ELEMENTS // c)
     for start in range(0, n, rows):
-        chunk = scores[start:start + rows]
-        bucket = (chunk >= grid[:, None, None]).sum(0, dtype=torch.int32)
+        # right=True counts the grid values <= score: the thresholds the score meets.
+        bucket = torch.bucketize(scores[start:start + rows], grid, right=True, out_int32=True)
         key = (label_slot + kind[start:start + rows]) * buckets + bucket
         histogram += torch.bincount(key.view(-1), minlength=histogram.numel())
     # Counts with bucket > g, for g = 0..G-1: a reversed cumulative sum over buckets.

@@ -13,20 +13,14 @@ an image without any label is kept (Corel-5k has 7 in train) and counted in ``in
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from .labels import DataError, Split, multi_hot
+from .labels import DataError, Split, multi_hot, read_annotation_json
 
 
 def read_aia_json(path: Path) -> tuple[list[dict], list[str]]:
     """The ``samples`` and ``labels`` of one AIA JSON file, validated."""
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: annotation file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: malformed JSON ({err})") from None
+    doc = read_annotation_json(path)
     if not isinstance(doc, dict) or not isinstance(doc.get("samples"), list) \
             or not isinstance(doc.get("labels"), list):
         raise DataError(f'{path}: expected an object with a "samples" list and a "labels" list')

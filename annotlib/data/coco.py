@@ -19,24 +19,18 @@ Images keep the order of the JSON file.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from .labels import DataError, Split
+from .labels import DataError, Split, read_annotation_json
 
 COCO_SPLITS = {"train": "train2014", "test": "val2014"}
 
 
 def read_instances_json(path: Path) -> dict:
     """The parsed instances file, with the three lists it must have."""
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: annotation file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: malformed JSON ({err})") from None
+    doc = read_annotation_json(path)
     if not isinstance(doc, dict) or not all(
             isinstance(doc.get(key), list) for key in ("images", "annotations", "categories")):
         raise DataError(f'{path}: expected an object with "images", "annotations" and "categories"'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,10 +51,10 @@ class Split:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def subset(self, indices, split: str | None = None) -> "Split":
+    def subset(self, indices, split: str | None = None) -> Split:
         """The rows ``indices`` of this split, every per-sample field kept aligned."""
         idx = np.asarray(indices, dtype=np.int64)
-        pick = lambda seq: None if seq is None else [seq[i] for i in idx]  # noqa: E731
+        pick = lambda seq: None if seq is None else [seq[i] for i in idx]
         return Split(
             dataset=self.dataset,
             split=split or self.split,
@@ -66,6 +67,16 @@ class Split:
             root=self.root,
             info=self.info,
         )
+
+
+def read_annotation_json(path: Path):
+    """A JSON annotation file, parsed; a missing or malformed file is a :class:`DataError` naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: annotation file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: malformed JSON ({err})") from None
 
 
 def multi_hot(label_lists: list[list[str]], classes: list[str], source: Path | str) -> torch.Tensor:

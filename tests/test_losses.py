@@ -373,3 +373,17 @@ def test_bf16_logits_give_finite_fp32_loss_and_gradients(name):
         loss.sum().backward()
         assert loss.dtype == torch.float32
         assert torch.isfinite(loss).all() and torch.isfinite(logits.grad.float()).all()
+
+
+@pytest.mark.parametrize("name, gamma_keys", [("focal", ("gamma_pos", "gamma_neg")),
+                                              ("asl", ("gamma_pos", "gamma_neg")),
+                                              ("unsymmetric", ("gamma_pos", "gamma_neg"))])
+@pytest.mark.parametrize("gamma", [0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0])
+def test_bf16_training_step_is_finite_for_every_gamma(name, gamma_keys, gamma):
+    """bf16 autocast training: the logits arrive in bf16, the loss and gradients stay finite
+    for any focusing exponent, from saturated logits to ties at zero."""
+    logits = torch.linspace(-100, 100, 41).to(torch.bfloat16).repeat(2, 1).requires_grad_()
+    targets = torch.stack([torch.ones(41), torch.zeros(41)])
+    loss = create_loss(name, **{key: gamma for key in gamma_keys})(logits, targets)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad.float()).all()

@@ -95,3 +95,16 @@ def test_non_finite_loss_stops_with_where(small, tmp_path, monkeypatch):
                                                  r"batch sample indices \[\d+"):
         run_annotation(small, tmp_path)
     assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_labels_without_tuning_positives_keep_the_default_threshold():
+    from annotlib.metrics import tune_thresholds
+    from annotlib.train.run import run_thresholds
+    g = torch.Generator().manual_seed(0)
+    scores = torch.rand(50, 4, generator=g)
+    targets = (torch.rand(50, 4, generator=g) < 0.3).long()
+    targets[:, 2] = 0
+    thresholds, untunable = run_thresholds(scores, targets)
+    assert untunable.tolist() == [False, False, True, False]
+    assert thresholds[2] == 0.5 and tune_thresholds(scores, targets)[2] == 0.05
+    assert torch.equal(thresholds[[0, 1, 3]], tune_thresholds(scores, targets)[[0, 1, 3]])

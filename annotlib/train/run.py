@@ -24,12 +24,13 @@ from .tasks import MultiLabelTask
 # Fields that change how a run is shown, not what it computes.
 COSMETIC_FIELDS = ("progress",)
 SPLITS = ("train", "val", "test")
+DEFAULT_THRESHOLD = 0.5
 
 
 def evaluate_scores(scores: torch.Tensor, targets: torch.Tensor, thresholds: torch.Tensor) -> dict:
     """mAP and the annotation metrics at 0.5 and at the given per-label thresholds."""
     return {"mAP": mean_average_precision(scores, targets),
-            "at_0.5": annotation_metrics(scores, targets, 0.5),
+            "at_0.5": annotation_metrics(scores, targets, DEFAULT_THRESHOLD),
             "tuned": annotation_metrics(scores, targets, thresholds)}
 
 
@@ -94,6 +95,19 @@ def prepare_run(cfg: TrainConfig, device: torch.device | None = None) -> Annotat
                          tuple(mean), tuple(std))
 
 
+def run_thresholds(scores: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-label MCC thresholds, and the mask of labels that could not be tuned.
+
+    A label without a positive in the tuning split has MCC 0 at every threshold; the tie
+    rule would pick the grid's smallest value and flood the test split with that label, so
+    such a label keeps the default threshold instead.
+    """
+    thresholds = tune_thresholds(scores, targets)
+    untunable = (targets == 1).sum(0) == 0
+    thresholds[untunable] = DEFAULT_THRESHOLD
+    return thresholds, untunable
+
+
 def claim_run_dir(cfg: TrainConfig, out_dir: Path) -> None:
     """Write ``config.json``, or check that the run already there has the same config."""
     path = out_dir / "config.json"
@@ -142,11 +156,12 @@ def run_annotation(cfg: TrainConfig, out_dir: str | Path) -> dict:
     best_epoch = max(history, key=lambda row: row["val_mAP"])["epoch"]
 
     results = {s: run.scores(s) for s in {"val", "test", cfg.threshold_split}}
-    thresholds = tune_thresholds(*results[cfg.threshold_split])
+    thresholds, untunable = run_thresholds(*results[cfg.threshold_split])
     metrics = {
         "dataset": cfg.dataset, "loss": cfg.loss, "backbone": cfg.backbone, "image_size": cfg.image_size,
         "epochs": cfg.epochs, "seed": cfg.seed, "best_epoch": best_epoch, "selected_on": "val mAP",
         "thresholds_tuned_on": cfg.threshold_split,
+        "labels_without_tuning_positives": int(untunable.sum()),  # kept at the default threshold
         "num_images": {s: len(split) for s, split in run.splits.items()},
         "val": evaluate_scores(*results["val"], thresholds),
         "test": evaluate_scores(*results["test"], thresholds),

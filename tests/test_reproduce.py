@@ -30,12 +30,15 @@ def test_smoke_profile_executes_the_notebooks_and_writes_the_report(tmp_path, ca
     assert len(rows) == 4  # two losses, each at 0.5 and tuned
     assert "runs/p0/synthetic/bce-seed0/01_unsymmetric_loss.ipynb" in (profile / "index.html").read_text()
     assert reproduce.finished(profile / "99_report.ipynb")
+    sweep = profile / "runs" / "p3" / "synthetic" / "seed0"
+    assert reproduce.finished(sweep / "04_partial_labels.ipynb") and (sweep / "map_vs_proportion.png").exists()
+    assert "| partial_bce | " in results and len(list(sweep.glob("p*/*/metrics.json"))) == 4
 
     mtime = (profile / "runs/p0/synthetic/bce-seed0/01_unsymmetric_loss.ipynb").stat().st_mtime_ns
     capsys.readouterr()
     assert reproduce.main(["--profile", "smoke", "--reports", str(tmp_path), "--no-progress",
                            "--device", "cpu"]) == 0
-    assert capsys.readouterr().out.count("finished before, skipped") == 2
+    assert capsys.readouterr().out.count("finished before, skipped") == 3  # P0's two runs and P3's sweep
     assert (profile / "runs/p0/synthetic/bce-seed0/01_unsymmetric_loss.ipynb").stat().st_mtime_ns == mtime
 
 
@@ -50,7 +53,7 @@ def test_a_failed_run_does_not_stop_the_others_and_is_listed(tmp_path, monkeypat
     monkeypatch.setattr(reproduce, "execute", fake_execute)
     assert reproduce.main(["--profile", "smoke", "--reports", str(tmp_path)]) == 1
     assert [p.parent.name for p in executed[:2]] == ["bce-seed0", "unsymmetric-seed0"]
-    assert executed[2].name == "99_report.ipynb"
+    assert [p.name for p in executed[2:]] == ["04_partial_labels.ipynb", "99_report.ipynb"]
     err = capsys.readouterr().err
     assert "1 notebook(s) failed" in err and "bce-seed0/01_unsymmetric_loss.ipynb: RuntimeError: at the end" in err
 

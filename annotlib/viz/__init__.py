@@ -8,7 +8,7 @@ torch tensors or numpy arrays. This package reads results and never imports
 """
 
 from .cam import class_activation_maps, overlay, plot_cams
-from .curves import plot_f1_vs_frequency, plot_history
+from .curves import plot_f1_vs_frequency, plot_history, plot_metric_vs_proportion
 from .datasets import dataset_summary, plot_cooccurrence, plot_image_grid, plot_label_frequency
 from .embeddings import plot_embedding, project_2d
 
@@ -23,5 +23,6 @@ __all__ = [
     "plot_history",
     "plot_image_grid",
     "plot_label_frequency",
+    "plot_metric_vs_proportion",
     "project_2d",
 ]

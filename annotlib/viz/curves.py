@@ -74,3 +74,27 @@ def plot_f1_vs_frequency(f1, frequency, ax=None, classes: list[str] | None = Non
                             textcoords="offset points", fontsize="small")
     ax.grid(alpha=0.3)
     return ax
+
+
+def plot_metric_vs_proportion(results: pd.DataFrame, metric: str = "mAP", ax=None):
+    """``metric`` against the proportion of known training labels, one curve per method (P3's
+    figure). ``results`` has one row per run with columns ``proportion``, ``method`` and
+    ``metric``; where a (proportion, method) has several rows (seeds), the curve is their mean
+    with sample-std error bars. Methods keep their order of first appearance. Returns the Axes."""
+    missing = [c for c in ("proportion", "method", metric) if c not in results]
+    if missing:
+        raise ValueError(f"results need the columns proportion, method and {metric}; "
+                         f"missing {', '.join(missing)}")
+    if results.empty:
+        raise ValueError("no results to plot")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4))
+    for method, group in results.groupby("method", sort=False):
+        stats = group.groupby("proportion")[metric].agg(["mean", "std"]).sort_index()
+        ax.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0), marker="o", ms=4,
+                    capsize=3, label=str(method))
+    ax.set(xlabel="proportion of known training labels p", ylabel=metric,
+           title=f"{metric} against p")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return ax

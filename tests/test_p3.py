@@ -90,14 +90,14 @@ def test_notebook_parameters_reproduce_every_p3_config(tmp_path):
     params = reproduce.notebook_parameters(run.config, tmp_path, ["tsne"], run.paper, run.parameters)
     params = json.loads(json.dumps(params))  # what papermill hands the notebook
     assert "loss" not in params and "label_proportion" not in params["extra"]
-    assert params["proportions"] == [0.1, 0.3, 0.5] and params["methods"] == list(P3_METHODS)
+    assert params["proportions"] == list(P3_QUICK_PROPORTIONS) and params["methods"] == list(P3_METHODS)
     named = {k: params[k] for k in reproduce.NOTEBOOK_FIELDS if k in params}
     fields = {k: v for k, v in named.items() if k != "dataset"}
     rebuilt = [p3_config(named["dataset"], m, p, **fields, **params["extra"])
                for p in params["proportions"] for m in params["methods"]]
-    expected = [cfg for _, _, cfg in p3_sweep(run.config.dataset, [0.1, 0.3, 0.5], list(P3_METHODS),
+    expected = [cfg for _, _, cfg in p3_sweep(run.config.dataset, list(P3_QUICK_PROPORTIONS), list(P3_METHODS),
                                                **p3_fields(run.config))]
-    assert rebuilt == expected and len(expected) == 12
+    assert rebuilt == expected and len(expected) == 4 * len(P3_QUICK_PROPORTIONS)
     assert expected[3].curriculum_threshold == 0.8 and expected[3].crop_scale == (0.5, 1.0)
 
 

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from annotlib.data import load_split
 from annotlib.data.labels import pseudo_label
 from annotlib.data.synthetic import generate_synthetic
 from annotlib.train import TrainConfig, prepare_run, run_annotation
@@ -53,3 +54,11 @@ def test_curriculum_round_adds_pseudo_labels_and_trains_again(root, tmp_path):
     assert round1["pseudo_labels"] > 0 and round1["unknown_left"] >= 0
     assert (tmp_path / "curriculum-round1" / "best.pt").exists()
     assert 0 < metrics["test"]["mAP"] <= 1
+
+
+def test_test_split_can_be_an_official_split_with_val_carved_from_train(root):
+    run = prepare_run(config(root, test_split="val"))
+    official_val = set(load_split("synthetic", "val", root).image_paths)
+    assert set(run.splits["test"].image_paths) == official_val
+    assert not official_val & (set(run.splits["train"].image_paths) | set(run.splits["val"].image_paths))
+    assert len(run.splits["val"]) == round(0.1 * (len(run.splits["train"]) + len(run.splits["val"])))

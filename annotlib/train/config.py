@@ -16,6 +16,9 @@ class TrainConfig:
     dataset: str = "synthetic"
     data_root: str | None = None  # default: $ANNOTLIB_DATA_ROOT/<dataset folder>
     val_fraction: float = 0.1  # carved from train where a dataset has no official val split
+    # The split evaluated as test. "val" serves where the test images are missing (as with the
+    # VOC 2007 copy used here); validation is then carved from train.
+    test_split: str = "test"
     image_size: int = 96  # images are squashed to image_size x image_size (P0's resize)
     normalize: str = "backbone"  # "backbone": its pretraining mean/std; "dataset": the train split's (P0)
     hflip: bool = True

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..data import DeviceBatches, Split, cached_images, channel_stats, load_split
-from ..data.labels import keep_label_proportion, pseudo_label
+from ..data.labels import carve_validation, keep_label_proportion, pseudo_label
 from ..io import read_json, write_json
 from ..losses import create_loss
 from ..metrics import annotation_metrics, mean_average_precision, tune_thresholds
@@ -79,7 +79,14 @@ class AnnotationRun:
 def prepare_run(cfg: TrainConfig, device: torch.device | None = None) -> AnnotationRun:
     """Load the splits, decode them into the cache and build the model of ``cfg`` (untrained),
     for ``device`` (default: ``cfg.device`` resolved)."""
-    splits = {s: load_split(cfg.dataset, s, cfg.data_root, val_fraction=cfg.val_fraction) for s in SPLITS}
+    def load(split: str) -> Split:
+        return load_split(cfg.dataset, split, cfg.data_root, val_fraction=cfg.val_fraction)
+
+    if cfg.test_split == "test":
+        splits = {s: load(s) for s in SPLITS}
+    else:
+        train, val = carve_validation(load("train"), cfg.val_fraction)
+        splits = {"train": train, "val": val, "test": load(cfg.test_split)}
     if cfg.label_proportion < 1:  # P3's protocol: train and val lose labels, test stays complete
         for offset, s in enumerate(("train", "val")):
             labels = keep_label_proportion(splits[s].labels, cfg.label_proportion, cfg.seed * 2 + offset)

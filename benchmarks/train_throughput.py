@@ -49,7 +49,7 @@ from annotlib.train import TrainConfig
 from annotlib.train.loop import autocast, make_optimizer, predict, resolve_device, train_epoch
 from annotlib.train.tasks import MultiLabelTask
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "reports" / "bench"
 # (T/S, T/R) goals: on CUDA for tresnet_m at 448 px, on CPU for a small backbone at 128 px.
 GOALS = {"cuda": (0.90, 5.0), "cpu": (0.8, 1.5)}
 INFERENCE_GOAL = 2.0  # inference img/s over T img/s

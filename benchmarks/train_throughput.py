@@ -138,7 +138,6 @@ def measure_static(setup: Setup, cfg: TrainConfig) -> dict:
     x, y, _ = next(iter(setup.batches(cfg, args.batch_size)))
     x = x.contiguous(memory_format=torch.channels_last if cfg.channels_last else
                      torch.contiguous_format)
-    reset_peak_memory(device)
 
     def step():
         with autocast(device, cfg.bf16):
@@ -148,8 +147,14 @@ def measure_static(setup: Setup, cfg: TrainConfig) -> dict:
         loss.backward()
         optimizer.step()
 
+    return timed_steps(step, args, device)
+
+
+def timed_steps(step, args, device) -> dict:
+    """img/s of ``args.steps`` calls of ``step`` after ``args.warmup`` untimed ones."""
     for _ in range(args.warmup):
         step()
+    reset_peak_memory(device)
     sync(device)
     start = time.perf_counter()
     for _ in range(args.steps):
@@ -272,15 +277,7 @@ def measure_reference(setup: Setup) -> dict:
         loss.backward()
         optimizer.step()
 
-    for _ in range(args.warmup):  # includes starting the workers
-        step()
-    reset_peak_memory(device)
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    sync(device)
-    return result(args.steps * args.batch_size, time.perf_counter() - start, device)
+    return timed_steps(step, args, device)  # the warm-up steps also start the workers
 
 
 def conv_backward_flops(grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation,

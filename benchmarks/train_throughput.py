@@ -14,8 +14,9 @@ resolution and device (images per second, warm-up steps excluded):
 
 It also times inference (``predict`` over evaluation ``DeviceBatches``) and reports T/S, T/R,
 inference/T, the share of T's step time spent producing batches, peak memory and, on CUDA,
-model FLOP utilisation. ``--ab`` measures S and T with channels_last, torch.compile and (on
-CUDA; the loop never autocasts on CPU) bf16 autocast flipped one at a time. On a GPU, at P0's
+model FLOP utilisation. ``--ab`` measures S and T with channels_last, torch.compile and bf16
+autocast (where the device has bf16 arithmetic; elsewhere the loop keeps fp32) flipped one at a
+time from the base config, which is the loop's default for the device unless set. On a GPU, at P0's
 settings::
 
     python benchmarks/train_throughput.py --dataset corel-5k --backbone tresnet_m \\
@@ -46,7 +47,8 @@ from annotlib.data import DeviceBatches, cached_images, load_split
 from annotlib.losses import create_loss
 from annotlib.models import Annotator
 from annotlib.train import TrainConfig
-from annotlib.train.loop import autocast, make_optimizer, predict, resolve_device, train_epoch
+from annotlib.train.loop import (autocast, make_optimizer, native_bf16, predict, resolve_device,
+                                 train_epoch, use_channels_last)
 from annotlib.train.tasks import MultiLabelTask
 
 RESULTS = Path(__file__).resolve().parents[1] / "reports" / "bench"
@@ -100,10 +102,13 @@ class Setup:
         self.paths, self.labels = split.image_paths[:needed], split.labels[:needed]
         self.num_classes = split.num_classes
         self.images = cached_images(self.paths[:self.num_images], args.image_size)
-        self.cfg = TrainConfig(dataset=args.dataset, backbone=args.backbone,
-                               image_size=args.image_size, batch_size=args.batch_size,
-                               loss=args.loss, device=str(self.device), epochs=1, progress=False,
-                               channels_last=args.channels_last, compile=args.compile)
+        cfg = TrainConfig(dataset=args.dataset, backbone=args.backbone,
+                          image_size=args.image_size, batch_size=args.batch_size,
+                          loss=args.loss, device=str(self.device), epochs=1, progress=False,
+                          channels_last=args.channels_last, compile=args.compile)
+        # The options as the loop resolves them on this device, so that the A/B flips what runs.
+        self.cfg = cfg.replace(channels_last=use_channels_last(cfg, self.device),
+                               bf16=args.bf16 and native_bf16(self.device))
         loss = create_loss(self.cfg.loss, **self.cfg.loss_kwargs)
         self.task = MultiLabelTask(loss, name=self.cfg.loss)
 
@@ -303,7 +308,7 @@ def flops_per_image(setup: Setup) -> float:
 
 
 def ab_options(device: torch.device) -> list[str]:
-    return ["channels_last", "compile"] + (["bf16"] if device.type == "cuda" else [])
+    return ["channels_last", "compile"] + (["bf16"] if native_bf16(device) else [])
 
 
 def measure_ab(setup: Setup, base: dict) -> dict:
@@ -357,13 +362,12 @@ def print_report(report: dict) -> None:
                 print(f"{key:<16}{'failed, see above':>20}")
             else:
                 print(f"{key:<16}{on:>10.1f}{off:>10.1f}   {'on' if on > off else 'off'}")
-    if report["environment"]["device"] == "cpu":
-        print("\nbf16: not measured on CPU (annotlib's autocast is a no-op there)")
+    if "ab" in report and "bf16" not in report["ab"]:
+        print("\nbf16: not measured (this device has no bf16 arithmetic; the loop keeps fp32)")
 
 
-def describe_options(cfg: TrainConfig, device: torch.device) -> str:
-    bf16 = cfg.bf16 and device.type == "cuda"  # the loop's autocast does nothing elsewhere
-    return (f"{'bf16 autocast' if bf16 else 'fp32'}, "
+def describe_options(cfg: TrainConfig) -> str:
+    return (f"{'bf16 autocast' if cfg.bf16 else 'fp32'}, "
             f"{'channels_last' if cfg.channels_last else 'NCHW'}, "
             f"{'compiled' if cfg.compile else 'eager'}")
 
@@ -380,7 +384,10 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--loss", default="unsymmetric")
-    parser.add_argument("--channels-last", action="store_true", help="base config: channels_last")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="base config's layout (default: the loop's default for the device)")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
+                        help="base config: bf16 autocast where the device has bf16 arithmetic")
     parser.add_argument("--compile", action="store_true", help="base config: torch.compile")
     parser.add_argument("--ab", action="store_true", help="A/B channels_last, compile, bf16")
     parser.add_argument("--peak-tflops", type=float, default=790.0,
@@ -403,7 +410,7 @@ def main(argv=None) -> dict:
     t = m["T"]["img_per_s"]
     report = {
         "config": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                   "options": describe_options(cfg, device)},
+                   "options": describe_options(cfg)},
         "measurements": m,
         "ratios": {"T/S": t / m["S"]["img_per_s"], "T/R": t / m["R"]["img_per_s"],
                    "inference/T": m["inference"]["img_per_s"] / t},

@@ -108,3 +108,33 @@ def test_labels_without_tuning_positives_keep_the_default_threshold():
     assert untunable.tolist() == [False, False, True, False]
     assert thresholds[2] == 0.5 and tune_thresholds(scores, targets)[2] == 0.05
     assert torch.equal(thresholds[[0, 1, 3]], tune_thresholds(scores, targets)[[0, 1, 3]])
+
+
+def test_bf16_autocast_only_where_the_device_has_bf16_arithmetic(monkeypatch):
+    cpu, layer, x = torch.device("cpu"), torch.nn.Linear(4, 2), torch.randn(3, 4)
+    for avx512_bf16, amx, native in [(True, False, True), (False, True, True), (False, False, False)]:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+        assert fit_module.native_bf16(cpu) is native
+        for bf16 in (True, False):
+            with fit_module.autocast(cpu, bf16):
+                dtype = layer(x).dtype
+            assert dtype == (torch.bfloat16 if bf16 and native else torch.float32), (avx512_bf16, amx, bf16)
+
+
+def test_channels_last_default_follows_the_device_and_an_explicit_choice_wins():
+    cfg = TrainConfig()
+    assert fit_module.use_channels_last(cfg, torch.device("cpu"))
+    assert not fit_module.use_channels_last(cfg, torch.device("cuda"))
+    for device in ("cpu", "cuda"):
+        for explicit in (True, False):
+            assert fit_module.use_channels_last(cfg.replace(channels_last=explicit), torch.device(device)) is explicit
+
+
+def test_prepared_model_and_batches_share_the_devices_layout(small):
+    for channels_last, layout in [(None, torch.channels_last), (False, torch.contiguous_format)]:
+        run = run_module.prepare_run(small.replace(channels_last=channels_last), torch.device("cpu"))
+        conv = next(m for m in run.model.modules() if isinstance(m, torch.nn.Conv2d))
+        x, _, _ = next(iter(run.batches("train", train=True)))
+        assert conv.weight.is_contiguous(memory_format=layout) and x.is_contiguous(memory_format=layout)
+        assert conv.weight.device.type == "cpu"

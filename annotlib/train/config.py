@@ -48,8 +48,8 @@ class TrainConfig:
     threshold_split: str = "val"  # where per-label MCC thresholds are tuned: "val", or "train" as in P0
     # runtime
     device: str = "auto"  # "auto": cuda when available, else cpu
-    bf16: bool = True  # bf16 autocast on CUDA (the loss stays in fp32); ignored on CPU
-    channels_last: bool = False
+    bf16: bool = True  # bf16 autocast where the device has bf16 arithmetic (the loss stays in fp32)
+    channels_last: bool | None = None  # None: the layout measured faster on the device
     compile: bool = False
     seed: int = 1
     progress: bool = True

@@ -18,7 +18,7 @@ from ..models import Annotator
 from . import distributed
 from .config import TrainConfig
 from .distributed import Context
-from .loop import fit, predict, resolve_device
+from .loop import fit, predict, resolve_device, use_channels_last
 from .tasks import MultiLabelTask
 
 # Fields that change how a run is shown, not what it computes.
@@ -62,7 +62,7 @@ class AnnotationRun:
                              mean=self.mean, std=self.std, train=train,
                              batch_size=cfg.batch_size // ctx.world_size if train else cfg.eval_batch_size,
                              hflip=cfg.hflip, vflip=cfg.vflip, crop_scale=cfg.crop_scale,
-                             channels_last=cfg.channels_last, seed=cfg.seed,
+                             channels_last=use_channels_last(cfg, self.device), seed=cfg.seed,
                              rank=ctx.rank if train else 0, world_size=ctx.world_size if train else 1)
 
     def scores(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,8 +77,8 @@ class AnnotationRun:
 
 
 def prepare_run(cfg: TrainConfig, device: torch.device | None = None) -> AnnotationRun:
-    """Load the splits, decode them into the cache and build the model of ``cfg`` (untrained),
-    for ``device`` (default: ``cfg.device`` resolved)."""
+    """Load the splits, decode them into the cache and build the model of ``cfg`` (untrained)
+    on ``device`` (default: ``cfg.device`` resolved), in the layout its batches will have."""
     def load(split: str) -> Split:
         return load_split(cfg.dataset, split, cfg.data_root, val_fraction=cfg.val_fraction)
 
@@ -97,9 +97,11 @@ def prepare_run(cfg: TrainConfig, device: torch.device | None = None) -> Annotat
     model = Annotator(cfg.backbone, splits["train"].num_classes, dropout=cfg.dropout,
                       weights_file=cfg.weights_file)
     mean, std = (model.mean, model.std) if cfg.normalize == "backbone" else channel_stats(images["train"])
+    device = device or resolve_device(cfg.device)
+    layout = torch.channels_last if use_channels_last(cfg, device) else torch.contiguous_format
+    model.to(device, memory_format=layout)
     task = MultiLabelTask(create_loss(cfg.loss, **cfg.loss_kwargs), name=cfg.loss)
-    return AnnotationRun(cfg, splits, images, model, task, device or resolve_device(cfg.device),
-                         tuple(mean), tuple(std))
+    return AnnotationRun(cfg, splits, images, model, task, device, tuple(mean), tuple(std))
 
 
 def run_thresholds(scores: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

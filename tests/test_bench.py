@@ -7,17 +7,22 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from annotlib.data.synthetic import generate_synthetic
+from annotlib.train import run as run_module
 from annotlib.train.loop import native_bf16
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
+SCRIPTS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("train_throughput", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("train_throughput")
 
 
 def test_train_throughput_reports_every_number(bench, tmp_path, monkeypatch, capsys):
@@ -67,3 +72,41 @@ def test_depthwise_convolution_backward_costs_two_forwards(bench):
     with FlopCounterMode(display=False, custom_mapping=fixed) as counter:
         conv(x).sum().backward()
     assert counter.get_total_flops() == 3 * forward
+
+
+def test_precision_ab_trains_three_arms_and_reports_differences_from_fp32(tmp_path, monkeypatch, capsys):
+    precision_ab = load_script("precision_ab")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)  # any CPU runs every arm
+    root = generate_synthetic(tmp_path / "synthetic", num_images=60, image_size=32, seed=4)
+    settings = ["dataset=synthetic", f"data_root={root}", "backbone=resnet10t", "image_size=32",
+                "epochs=2", "batch_size=16", "device=cpu", "progress=false"]
+    out = tmp_path / "result.json"
+    report = precision_ab.main(["--out", str(tmp_path / "runs"), "--set", *settings, "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+
+    names = ["bf16-channels_last", "fp32-channels_last", "fp32-nchw"]  # the CPU default is channels_last
+    assert list(report["runs"]) == names and set(report["differences_from_fp32"]) == {names[0], names[2]}
+    for name in names:
+        run = tmp_path / "runs" / name
+        config, metrics = (json.loads((run / f).read_text()) for f in ("config.json", "metrics.json"))
+        assert config["bf16"] is name.startswith("bf16")
+        assert config["channels_last"] is (False if name == "fp32-nchw" else None)
+        assert report["runs"][name]["mAP"] == pytest.approx(100 * metrics["test"]["mAP"])
+        assert report["runs"][name]["CF1 tuned"] == pytest.approx(100 * metrics["test"]["tuned"]["CF1"])
+        assert report["runs"][name]["N+@0.5"] == metrics["test"]["at_0.5"]["N+"]
+    fp32 = report["runs"]["fp32-channels_last"]
+    for name, diff in report["differences_from_fp32"].items():
+        assert diff["OF1@0.5"] == pytest.approx(report["runs"][name]["OF1@0.5"] - fp32["OF1@0.5"])
+    assert "fp32-nchw - fp32" in capsys.readouterr().out
+
+    monkeypatch.setattr(run_module, "fit", lambda *args, **kwargs: pytest.fail("trained again"))
+    again = precision_ab.main(["--out", str(tmp_path / "runs"), "--set", *settings, "--json", str(out)])
+    assert again["runs"] == report["runs"]  # finished runs are read back, not trained again
+
+
+def test_precision_ab_refuses_a_device_without_bf16(tmp_path, monkeypatch):
+    precision_ab = load_script("precision_ab")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    with pytest.raises(SystemExit, match="no bf16 arithmetic"):
+        precision_ab.main(["--out", str(tmp_path), "--set", "device=cpu"])

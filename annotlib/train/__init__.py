@@ -1,6 +1,6 @@
 """Training: one ``fit`` for every paper, tasks, and whole runs from a config."""
 
-from .config import TrainConfig, parse_overrides
+from .config import TrainConfig, config_from, parse_overrides
 from .loop import NonFiniteLossError, fit, predict, resolve_device
 from .run import (
            AnnotationRun,
@@ -17,6 +17,7 @@ __all__ = [
            "MultiLabelTask",
            "NonFiniteLossError",
            "TrainConfig",
+           "config_from",
            "evaluate_scores",
            "fit",
            "load_run",

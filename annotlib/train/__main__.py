@@ -12,8 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..io import read_json
-from .config import TrainConfig, parse_overrides
+from .config import config_from
 from .distributed import setup
 from .loop import resolve_device
 from .run import run_annotation
@@ -26,9 +25,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", help="a config.json to start from (e.g. an earlier run's)")
     parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", help="override config fields")
     args = parser.parse_args(argv)
-    base = TrainConfig.from_dict(read_json(args.config)) if args.config else TrainConfig()
     try:
-        cfg = base.replace(**parse_overrides(args.set))
+        cfg = config_from(args.config, args.set)
     except ValueError as err:
         parser.error(f"--set {err}")
     metrics = run_annotation(cfg, args.out)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..io import read_json
 
 
 @dataclass(frozen=True)
@@ -96,3 +99,10 @@ def parse_overrides(items: list[str]) -> dict:
         if isinstance(out[key], list):
             out[key] = tuple(out[key])
     return out
+
+
+def config_from(path: str | Path | None, overrides: list[str]) -> TrainConfig:
+    """The config in ``path`` (a run's ``config.json``), or the defaults without one, with
+    ``FIELD=VALUE`` overrides (:func:`parse_overrides`) applied."""
+    base = TrainConfig.from_dict(read_json(path)) if path else TrainConfig()
+    return base.replace(**parse_overrides(overrides))

@@ -36,6 +36,8 @@ def protocol(config: dict, metrics: dict) -> tuple[str, str]:
         differs.append("pretrained weights (local file)")
     if config["dataset"] == "synthetic":
         differs.append("synthetic data")
+    if metrics.get("runtime", {}).get("bf16_autocast"):  # runs from before it was recorded: unknown
+        differs.append("bf16 autocast (paper: fp32)")
     # P0 picks the epoch on test and tunes thresholds on train.
     differs.append("epoch chosen on val (paper: on test)")
     if config["threshold_split"] != "train":

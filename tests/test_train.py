@@ -45,6 +45,9 @@ def test_short_run_beats_the_label_prior_and_writes_its_files(small, tmp_path):
     best = max(rows, key=lambda r: float(r["val_mAP"]))
     assert metrics["best_epoch"] == int(best["epoch"]) and len(rows) == 4
     assert read_json(tmp_path / "config.json")["loss"] == "unsymmetric"
+    device = fit_module.resolve_device(small.device)
+    assert metrics["runtime"] == {"device": str(device), "world_size": 1, "channels_last": device.type == "cpu",
+                                  "bf16_autocast": fit_module.native_bf16(device)}
 
 
 @pytest.mark.slow

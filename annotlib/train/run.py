@@ -18,7 +18,7 @@ from ..models import Annotator
 from . import distributed
 from .config import TrainConfig
 from .distributed import Context
-from .loop import fit, predict, resolve_device, use_channels_last
+from .loop import fit, native_bf16, predict, resolve_device, use_channels_last
 from .tasks import MultiLabelTask
 
 # Fields that change how a run is shown, not what it computes.
@@ -175,6 +175,10 @@ def run_annotation(cfg: TrainConfig, out_dir: str | Path) -> dict:
         "val": evaluate_scores(*results["val"], thresholds),
         "test": evaluate_scores(*results["test"], thresholds),
         "train_seconds": round(seconds, 2),
+        # what the config's device-dependent defaults resolved to, for comparing runs across machines
+        "runtime": {"device": str(run.device), "world_size": ctx.world_size,
+                    "bf16_autocast": cfg.bf16 and native_bf16(run.device),
+                    "channels_last": use_channels_last(cfg, run.device)},
     }
     if cfg.label_proportion < 1 or rounds:
         metrics["partial_labels"] = {"label_proportion": cfg.label_proportion, "curriculum": rounds}

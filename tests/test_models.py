@@ -17,6 +17,18 @@ def test_annotator_outputs_and_exact_cam():
     assert torch.allclose(model.cam(x).mean((2, 3)), logits, atol=1e-4)
 
 
+def test_under_bf16_autocast_the_backbone_runs_in_bf16_and_pooling_and_head_in_fp32():
+    model = Annotator("resnet10t", 7, dropout=0.3).eval()
+    x = torch.randn(4, 3, 64, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fmap, pooled, logits = model.features(x), model.embed(x), model(x)
+    assert fmap.dtype == torch.bfloat16 and pooled.dtype == logits.dtype == torch.float32
+    torch.testing.assert_close(pooled, fmap.float().mean((2, 3)))
+    torch.testing.assert_close(logits, pooled @ model.classifier.weight.T + model.classifier.bias)
+    assert not torch.equal(logits, model(x))  # the backbone did run in bf16
+    torch.testing.assert_close(logits, model(x), rtol=0.1, atol=0.1)
+
+
 def test_local_weights_load_and_change_the_features(mobilenet_weights):
     random = create_backbone("mobilenetv2_100")
     loaded = create_backbone("mobilenetv2_100", weights_file=mobilenet_weights)

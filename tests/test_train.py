@@ -141,3 +141,20 @@ def test_prepared_model_and_batches_share_the_devices_layout(small):
         x, _, _ = next(iter(run.batches("train", train=True)))
         assert conv.weight.is_contiguous(memory_format=layout) and x.is_contiguous(memory_format=layout)
         assert conv.weight.device.type == "cpu"
+
+
+def test_a_one_step_warm_up_is_refused_before_training(tmp_path):
+    from annotlib.data import DeviceBatches
+    from annotlib.losses import create_loss
+    from annotlib.train import MultiLabelTask
+
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).repeat(10, 1)
+    batches = DeviceBatches(torch.zeros(20, 8, 8, 3, dtype=torch.uint8).numpy(), labels,
+                            batch_size=4, train=True)  # 5 steps per epoch
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
+    task = MultiLabelTask(create_loss("bce"), name="bce")
+    cfg = TrainConfig(epochs=1, pct_start=0.2, progress=False, channels_last=False)
+    with pytest.raises(ValueError, match=r"pct_start 0.2 of 5 steps is a one-step warm-up"):
+        fit_module.fit(model, task, batches, batches, cfg, tmp_path)
+    assert not (tmp_path / "checkpoint.pt").exists()
+    assert len(fit_module.fit(model, task, batches, batches, cfg.replace(pct_start=0.4), tmp_path)) == 1

@@ -117,8 +117,12 @@ def fit(model: nn.Module, task: Task, train_batches, val_batches, cfg: TrainConf
     device = train_batches.device
     model.to(device)
     optimizer = make_optimizer(model, cfg)
+    total_steps = cfg.epochs * len(train_batches)
+    if cfg.pct_start * total_steps == 1:  # OneCycleLR would divide by zero at the first step
+        raise ValueError(f"pct_start {cfg.pct_start} of {total_steps} steps is a one-step warm-up, "
+                         "which OneCycleLR cannot schedule; change pct_start or epochs")
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * len(train_batches), pct_start=cfg.pct_start)
+        optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=cfg.pct_start)
     history: list[dict] = []
     checkpoint = out / "checkpoint.pt"
     if checkpoint.exists():

@@ -43,9 +43,9 @@ def resolve_device(device: str) -> torch.device:
 def native_bf16(device: torch.device) -> bool:
     """Whether the device has bf16 arithmetic: CUDA, or a CPU with AVX512-BF16 or AMX.
 
-    On such a CPU (2-core AMD EPYC, ``benchmarks/train_throughput.py --ab``) bf16 autocast
-    trained resnet10t 1.5x faster, MobileNetV2 as fast, and ran inference 2x faster. CPUs
-    without it would emulate bf16; that was not measured, and they keep fp32.
+    On such a CPU (2-core AMD EPYC, ``reports/bench/``) bf16 autocast trained resnet10t 1.7x
+    faster and MobileNetV2 at most 1.2x. CPUs without it would emulate bf16; that was not
+    measured, and they keep fp32.
     """
     if device.type == "cuda":
         return True
@@ -62,8 +62,8 @@ def autocast(device: torch.device, bf16: bool):
 
 def use_channels_last(cfg: TrainConfig, device: torch.device) -> bool:
     """``cfg.channels_last``, or where it is None the layout measured faster on the device:
-    channels_last on CPU (oneDNN: MobileNetV2 trained 1.8x and resnet10t 1.5x faster at
-    128 px, ``benchmarks/train_throughput.py --ab``), NCHW on CUDA (TResNet is reported slower
+    channels_last on CPU (oneDNN: MobileNetV2 trained 1.2x and resnet10t 1.3x faster at
+    128 px in bf16, ``reports/bench/``), NCHW on CUDA (TResNet is reported slower
     in channels_last; the default stays NCHW until the GPU A/B says otherwise)."""
     return device.type == "cpu" if cfg.channels_last is None else cfg.channels_last
 

@@ -24,9 +24,9 @@ On this CPU (MobileNetV2 from a local weights file, 128 px, 6 epochs)::
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from annotlib.io import write_json
 from annotlib.train import config_from, run_annotation
 from annotlib.train.loop import native_bf16, resolve_device, use_channels_last
 
@@ -90,8 +90,7 @@ def main(argv=None) -> dict:
     report = {"config": cfg.to_dict(), "device": str(device), "runs": results,
               "differences_from_fp32": differences}
     path = args.json or RESULTS / f"precision_ab-{device.type}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(path, report)
     print(f"\nwritten to {path}")
     return report
 

@@ -31,7 +31,6 @@ Quick CPU run (numbers are only meaningful on an otherwise idle machine)::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -44,6 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 from torchvision import transforms
 
 from annotlib.data import DeviceBatches, cached_images, load_split
+from annotlib.io import write_json
 from annotlib.losses import create_loss
 from annotlib.models import Annotator
 from annotlib.train import TrainConfig
@@ -425,8 +425,7 @@ def main(argv=None) -> dict:
                              "load_start": load_start, "load_end": os.getloadavg()[0]}
     print_report(report)
     path = args.json or RESULTS / f"train_throughput-{device.type}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(path, report)
     print(f"\nwritten to {path}")
     return report
 

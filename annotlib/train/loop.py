@@ -76,8 +76,9 @@ def predict(model: nn.Module, forward: Callable[[nn.Module, torch.Tensor, torch.
     was_training = model.training
     model.eval()
     outputs, targets = [], []
+    precision = autocast(batches.device, bf16)  # reusable: entered once per batch
     for x, y, _ in batches:
-        with autocast(batches.device, bf16):
+        with precision:
             out = forward(model, x, y)
         outputs.append(out.float())
         targets.append(y)
@@ -172,8 +173,9 @@ def train_epoch(model, task, batches, optimizer, scheduler, cfg, epoch) -> float
     total = torch.zeros((), device=batches.device)
     bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
                leave=False)
+    precision = autocast(batches.device, cfg.bf16)  # reusable: entered once per step
     for step, (x, y, idx) in enumerate(batches):
-        with autocast(batches.device, cfg.bf16):
+        with precision:
             outputs = task.forward(model, x, y)
         loss = task.loss(outputs.float(), y)
         optimizer.zero_grad(set_to_none=True)

@@ -196,8 +196,8 @@ def load_run(out_dir: str | Path, device: str | None = None) -> AnnotationRun:
     if device is not None:
         cfg = cfg.replace(device=device)
     run = prepare_run(cfg)
-    run.model.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=True))
-    run.model.to(run.device).eval()
+    run.model.load_state_dict(torch.load(out / "best.pt", map_location=run.device, weights_only=True))
+    run.model.eval()  # prepare_run put it on the device, in its layout; loading keeps both
     return run
 
 

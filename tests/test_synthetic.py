@@ -56,9 +56,9 @@ def test_reader_returns_a_consistent_split(both):
         n = len(split)
         assert split.classes == list(LABELS) and split.labels.shape == (n, len(LABELS))
         assert len(split.boxes) == len(split.captions) == n
-        assert split.emotions.dtype == torch.int64 and split.emotions.shape == (n,)
-        assert 0 <= int(split.emotions.min()) and int(split.emotions.max()) < len(EMOTIONS)
-        assert split.info["emotions"] == list(EMOTIONS)
+        assert split.category_ids.dtype == torch.int64 and split.category_ids.shape == (n,)
+        assert 0 <= int(split.category_ids.min()) and int(split.category_ids.max()) < len(EMOTIONS)
+        assert split.categories == list(EMOTIONS)
         for labels, boxes, captions in zip(split.labels, split.boxes, split.captions):
             positive = set(labels.nonzero().flatten().tolist())
             for c, x0, y0, x1, y1 in boxes:
@@ -93,7 +93,7 @@ def test_emotions_follow_the_wheel(both):
         for path in split.image_paths:
             pixels = np.asarray(Image.open(path), dtype=np.float64) / 255
             stats.append([*pixels.mean((0, 1)), (pixels.max(2) - pixels.min(2)).mean()])
-        emotions.append(split.emotions.numpy())
+        emotions.append(split.category_ids.numpy())
     stats, emotions = np.array(stats), np.concatenate(emotions)
     centre = np.stack([stats[emotions == k].mean(0) for k in range(8)])
     dist = lambda a, b: np.linalg.norm(centre[a % 8] - centre[b % 8])  # noqa: E731

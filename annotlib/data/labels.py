@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,35 +15,52 @@ class DataError(ValueError):
     """A dataset file is missing, malformed or inconsistent; the message names the file."""
 
 
+PER_SAMPLE = ("image_paths", "labels", "category_ids", "captions", "boxes")
+
+
 @dataclass(frozen=True)
 class Split:
-    """One split of a dataset, in a reader-independent form.
+    """One split of a dataset, in a reader-independent form: per-sample fields, each of
+    length N, of which a task reads the ones it trains on. ``None`` where the dataset does
+    not have a field.
 
-    ``labels`` is an ``N x C`` int8 tensor: 1 positive, 0 negative (and -1 unknown
-    where a dataset or protocol has partial labels). Optional fields are ``None``
-    when the dataset does not have them.
+    - ``labels``: multi-label targets, ``N x C`` int8 over ``classes``: 1 positive, 0
+      negative, -1 unknown (partial labels).
+    - ``category_ids``: one category per image, ``N`` int64 indices into ``categories``
+      (an emotion, a bird species). A single-label reader also fills ``labels`` with the
+      one-hot rows over ``classes == categories``, so multi-label tasks run on it too.
+    - ``captions``: per image, its reference sentences.
+    - ``boxes``: per image, ``(class, x0, y0, x1, y1)`` in pixels, ``class`` indexing ``classes``.
     """
 
     dataset: str
     split: str
     classes: list[str]
     image_paths: list[Path]
-    labels: torch.Tensor
-    boxes: list[list[tuple[int, float, float, float, float]]] | None = None  # (class, x0, y0, x1, y1), pixels
+    labels: torch.Tensor | None = None
+    categories: list[str] | None = None
+    category_ids: torch.Tensor | None = None
     captions: list[list[str]] | None = None
-    emotions: torch.Tensor | None = None  # N class ids, for single-label affective data
+    boxes: list[list[tuple[int, float, float, float, float]]] | None = None
     root: Path | None = None
     info: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        n, c = len(self.image_paths), len(self.classes)
+        n, name = len(self.image_paths), f"{self.dataset}/{self.split}"
         if n == 0:
-            raise DataError(f"{self.dataset}/{self.split}: the split is empty (root {self.root})")
-        if tuple(self.labels.shape) != (n, c):
-            raise DataError(
-                f"{self.dataset}/{self.split}: labels have shape {tuple(self.labels.shape)}, "
-                f"expected ({n}, {c})"
-            )
+            raise DataError(f"{name}: the split is empty (root {self.root})")
+        for field_name in PER_SAMPLE[1:]:
+            value = getattr(self, field_name)
+            if value is not None and len(value) != n:
+                raise DataError(f"{name}: {field_name} has {len(value)} entries for {n} images")
+        if self.labels is not None and tuple(self.labels.shape) != (n, len(self.classes)):
+            raise DataError(f"{name}: labels have shape {tuple(self.labels.shape)}, "
+                            f"expected ({n}, {len(self.classes)})")
+        if (self.category_ids is None) != (self.categories is None):
+            raise DataError(f"{name}: category_ids and categories come together")
+        if self.category_ids is not None and len(self.category_ids) and not (
+                0 <= int(self.category_ids.min()) and int(self.category_ids.max()) < len(self.categories)):
+            raise DataError(f"{name}: category_ids outside 0..{len(self.categories) - 1}")
 
     def __len__(self) -> int:
         return len(self.image_paths)
@@ -51,22 +69,25 @@ class Split:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def require(self, field_name: str, task: str) -> object:
+        """The per-sample ``field_name``, or a :class:`DataError` saying that ``task`` needs it."""
+        value = getattr(self, field_name)
+        if value is None:
+            raise DataError(f"{self.dataset}/{self.split}: the {task} task needs {field_name}, "
+                            f"which this dataset does not have")
+        return value
+
     def subset(self, indices, split: str | None = None) -> Split:
         """The rows ``indices`` of this split, every per-sample field kept aligned."""
         idx = np.asarray(indices, dtype=np.int64)
-        pick = lambda seq: None if seq is None else [seq[i] for i in idx]
-        return Split(
-            dataset=self.dataset,
-            split=split or self.split,
-            classes=self.classes,
-            image_paths=pick(self.image_paths),
-            labels=self.labels[torch.from_numpy(idx)],
-            boxes=pick(self.boxes),
-            captions=pick(self.captions),
-            emotions=None if self.emotions is None else self.emotions[torch.from_numpy(idx)],
-            root=self.root,
-            info=self.info,
-        )
+        rows = torch.from_numpy(idx)
+
+        def pick(value):
+            if value is None:
+                return None
+            return value[rows] if isinstance(value, torch.Tensor) else [value[i] for i in idx]
+        return dataclasses.replace(self, split=split or self.split,
+                                   **{name: pick(getattr(self, name)) for name in PER_SAMPLE})
 
 
 def read_annotation_json(path: Path):

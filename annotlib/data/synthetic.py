@@ -171,8 +171,8 @@ def read_synthetic(root: Path, split: str) -> Split:
             raise DataError(f"{path}: sample {i} has missing or malformed boxes, captions "
                             f"or emotion ({err!r})") from None
     return dataclasses.replace(base, boxes=boxes, captions=captions,
-                               emotions=torch.tensor(emotions, dtype=torch.int64),
-                               info={**base.info, "emotions": list(EMOTIONS), "params": doc.get("params")})
+                               categories=list(EMOTIONS), category_ids=torch.tensor(emotions, dtype=torch.int64),
+                               info={**base.info, "params": doc.get("params")})
 
 
 def _holds(root: Path, params: dict) -> bool:

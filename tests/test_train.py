@@ -33,17 +33,20 @@ def history_without_timings(path):
 def test_short_run_beats_the_label_prior_and_writes_its_files(small, tmp_path):
     metrics = run_annotation(small.replace(epochs=4), tmp_path)
     assert {p.name for p in tmp_path.iterdir()} >= {"config.json", "history.csv", "metrics.json",
-                                                      "best.pt", "checkpoint.pt", "thresholds.json"}
+                                                      "best.pt", "checkpoint.pt", "task.json"}
     train, test = (load_split("synthetic", s, small.data_root) for s in ("train", "test"))
     prior = train.labels.float().mean(0).expand(len(test), -1)  # every image scored by label frequency
     prior_map = mean_average_precision(prior, test.labels)
     # Four epochs from scratch on 480 images: about 0.22 against the prior's 0.15 (120 test images).
     assert metrics["test"]["mAP"] > prior_map + 0.05, (metrics["test"]["mAP"], prior_map)
     prior_cf1 = annotation_metrics(prior, test.labels, 0.5)["CF1"]
-    assert metrics["test"]["tuned"]["CF1"] > prior_cf1
+    assert metrics["test"]["CF1@tuned"] > prior_cf1
+    assert len(read_json(tmp_path / "task.json")["thresholds"]) == train.num_classes
     rows = list(csv.DictReader(open(tmp_path / "history.csv")))
     best = max(rows, key=lambda r: float(r["val_mAP"]))
-    assert metrics["best_epoch"] == int(best["epoch"]) and len(rows) == 4
+    assert metrics["selection"] == {"split": "val", "metric": "mAP", "mode": "max", "epoch": int(best["epoch"])}
+    assert len(rows) == 4 and metrics["fingerprint"] == small.replace(epochs=4).fingerprint()
+    assert metrics["config"] == small.replace(epochs=4).to_dict() and metrics["variant"] == tmp_path.name
     assert read_json(tmp_path / "config.json")["loss"] == "unsymmetric"
     device = fit_module.resolve_device(small.device)
     assert metrics["runtime"] == {"device": str(device), "world_size": 1, "channels_last": device.type == "cpu",
@@ -70,7 +73,7 @@ def test_killed_run_resumes_to_the_same_metrics(small, tmp_path, monkeypatch):
     resumed = run_annotation(small, tmp_path / "resumed")
     assert history_without_timings(tmp_path / "full" / "history.csv") == \
         history_without_timings(tmp_path / "resumed" / "history.csv")
-    for key in ("val", "test", "best_epoch"):
+    for key in ("val", "test", "selection"):
         assert resumed[key] == full[key]
 
 
@@ -79,22 +82,23 @@ def test_finished_run_is_not_trained_again_and_a_changed_config_is_refused(small
     first = run_annotation(cfg, tmp_path)
     monkeypatch.setattr(run_module, "fit", None)  # would fail if called
     assert run_annotation(cfg.replace(progress=True), tmp_path) == first
-    with pytest.raises(ValueError, match=r"config\.json.*another config.*differs in lr"):
+    with pytest.raises(ValueError, match=r"config\.json.*another config \(lr: 1\.0 vs 0\.003, ours vs"):
         run_annotation(cfg.replace(lr=1.0), tmp_path)
 
 
 def test_non_finite_loss_stops_with_where(small, tmp_path, monkeypatch):
-    from annotlib.train.tasks import MultiLabelTask
+    from annotlib.tasks import MultiLabelTask
     calls = {"n": 0}
-    original = MultiLabelTask.loss
+    original = MultiLabelTask.training_step
 
-    def poisoned(self, outputs, y):
-        loss = original(self, outputs, y)
+    def poisoned(self, model, batch):
+        loss = original(self, model, batch)
         calls["n"] += 1
-        return loss * float("nan") if calls["n"] == 3 and torch.is_grad_enabled() else loss
+        return loss * float("nan") if calls["n"] == 3 else loss
 
-    monkeypatch.setattr(MultiLabelTask, "loss", poisoned)
-    with pytest.raises(NonFiniteLossError, match=r"unsymmetric loss is nan at epoch 1, step 3 of \d+, "
+    monkeypatch.setattr(MultiLabelTask, "training_step", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"multilabel task's loss \(UnsymmetricLoss\) is nan at epoch 1, "
+                                                 r"step 3 of \d+, "
                                                  r"batch sample indices \[\d+"):
         run_annotation(small, tmp_path)
     assert not (tmp_path / "checkpoint.pt").exists()
@@ -102,7 +106,7 @@ def test_non_finite_loss_stops_with_where(small, tmp_path, monkeypatch):
 
 def test_labels_without_tuning_positives_keep_the_default_threshold():
     from annotlib.metrics import tune_thresholds
-    from annotlib.train.run import run_thresholds
+    from annotlib.tasks.multilabel import run_thresholds
     g = torch.Generator().manual_seed(0)
     scores = torch.rand(50, 4, generator=g)
     targets = (torch.rand(50, 4, generator=g) < 0.3).long()
@@ -138,7 +142,7 @@ def test_prepared_model_and_batches_share_the_devices_layout(small):
     for channels_last, layout in [(None, torch.channels_last), (False, torch.contiguous_format)]:
         run = run_module.prepare_run(small.replace(channels_last=channels_last), torch.device("cpu"))
         conv = next(m for m in run.model.modules() if isinstance(m, torch.nn.Conv2d))
-        x, _, _ = next(iter(run.batches("train", train=True)))
+        x = next(iter(run.batches("train", train=True)))["image"]
         assert conv.weight.is_contiguous(memory_format=layout) and x.is_contiguous(memory_format=layout)
         assert conv.weight.device.type == "cpu"
 
@@ -146,15 +150,17 @@ def test_prepared_model_and_batches_share_the_devices_layout(small):
 def test_a_one_step_warm_up_is_refused_before_training(tmp_path):
     from annotlib.data import DeviceBatches
     from annotlib.losses import create_loss
-    from annotlib.train import MultiLabelTask
+    from annotlib.data import Split
+    from annotlib.tasks import MultiLabelTask
 
-    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).repeat(10, 1)
-    batches = DeviceBatches(torch.zeros(20, 8, 8, 3, dtype=torch.uint8).numpy(), labels,
+    labels = torch.tensor([[1, 0], [0, 1]], dtype=torch.int8).repeat(10, 1)
+    split = Split("toy", "val", ["a", "b"], [f"{i}.png" for i in range(20)], labels=labels)
+    batches = DeviceBatches(torch.zeros(20, 8, 8, 3, dtype=torch.uint8).numpy(), {"labels": labels},
                             batch_size=4, train=True)  # 5 steps per epoch
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
-    task = MultiLabelTask(create_loss("bce"), name="bce")
+    task = MultiLabelTask(create_loss("bce"))
     cfg = TrainConfig(epochs=1, pct_start=0.2, progress=False, channels_last=False)
     with pytest.raises(ValueError, match=r"pct_start 0.2 of 5 steps is a one-step warm-up"):
-        fit_module.fit(model, task, batches, batches, cfg, tmp_path)
+        fit_module.fit(model, task, batches, batches, split, cfg, tmp_path)
     assert not (tmp_path / "checkpoint.pt").exists()
-    assert len(fit_module.fit(model, task, batches, batches, cfg.replace(pct_start=0.4), tmp_path)) == 1
+    assert len(fit_module.fit(model, task, batches, batches, split, cfg.replace(pct_start=0.4), tmp_path)) == 1

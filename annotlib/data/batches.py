@@ -10,10 +10,13 @@ any device, and a resumed run replays exactly the epochs it has not done.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .samplers import Shuffled
 
 
 def random_resized_crop_boxes(n: int, size: int, scale: tuple[float, float], ratio: tuple[float, float],
@@ -61,29 +64,34 @@ def crop_flip_theta(boxes: torch.Tensor, size: int, flip_x: torch.Tensor, flip_y
 
 
 class DeviceBatches:
-    """Iterate ``(images, targets, indices)`` batches of a split, on ``device``.
+    """Iterate dict batches of a split on ``device``: ``image`` (normalised, augmented when
+    training), ``index`` (the samples' positions in the split, on the CPU) and every
+    per-sample tensor of ``fields`` (``labels``, ``category_ids``, ``tokens``, ...) at those rows.
 
-    ``images``: ``N x S x S x 3`` uint8 (e.g. from :func:`cached_images`);
-    ``targets``: ``N x C``. With ``train=True`` the order is shuffled per epoch and
-    the augmentations are applied; otherwise batches are in order, unaugmented.
+    ``images``: ``N x S x S x 3`` uint8 (e.g. from :func:`cached_images`). With
+    ``train=True`` the order is the ``sampler``'s (default: shuffled) per epoch and the
+    augmentations are applied; otherwise batches are in order, unaugmented.
     ``rank``/``world_size`` shard the samples for distributed training.
     """
 
-    def __init__(self, images: np.ndarray, targets: torch.Tensor, *, batch_size: int,
+    def __init__(self, images: np.ndarray, fields: dict[str, torch.Tensor], *, batch_size: int,
                  device: str | torch.device = "cpu", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-                 train: bool = False, out_size: int | None = None, hflip: bool = False, vflip: bool = False,
+                 train: bool = False, sampler: Callable[[torch.Generator], torch.Tensor] | None = None,
+                 out_size: int | None = None, hflip: bool = False, vflip: bool = False,
                  crop_scale: tuple[float, float] | None = None, crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
                  channels_last: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1):
         self.device = torch.device(device)
         self.images = torch.from_numpy(np.array(images, dtype=np.uint8)).to(self.device)
         if self.images.ndim != 4 or self.images.shape[1] != self.images.shape[2] or self.images.shape[3] != 3:
             raise ValueError(f"images must be N x S x S x 3, got {tuple(self.images.shape)}")
-        if len(targets) != len(self.images):
-            raise ValueError(f"{len(targets)} targets for {len(self.images)} images")
-        self.targets = targets.to(self.device)
+        for name, value in fields.items():
+            if len(value) != len(self.images):
+                raise ValueError(f"{name}: {len(value)} rows for {len(self.images)} images")
+        self.fields = {name: value.to(self.device) for name, value in fields.items()}
         self.size = self.images.shape[1]
         self.out_size = out_size or self.size
         self.batch_size, self.train, self.seed = batch_size, train, seed
+        self.sampler = sampler or Shuffled(len(self.images))
         self.hflip, self.vflip, self.crop_scale, self.crop_ratio = hflip, vflip, crop_scale, crop_ratio
         self.channels_last = channels_last
         self.rank, self.world_size = rank, world_size
@@ -91,22 +99,23 @@ class DeviceBatches:
         self.mean = torch.tensor(mean, device=self.device).view(shape) * 255
         self.std = torch.tensor(std, device=self.device).view(shape) * 255
         self.epoch = 0
+        self._length = len(self._order(torch.Generator().manual_seed(0)))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def _order(self, generator: torch.Generator) -> torch.Tensor:
-        n = len(self.images)
-        order = torch.randperm(n, generator=generator) if self.train else torch.arange(n)
+        order = self.sampler(generator) if self.train else torch.arange(len(self.images))
         if self.world_size > 1:
             # Every rank gets the same number of samples (padding by wrapping around), as DistributedSampler does.
+            n = len(order)
             per_rank = math.ceil(n / self.world_size)
             order = order.repeat(math.ceil(per_rank * self.world_size / n))[:per_rank * self.world_size]
             order = order[self.rank::self.world_size]
         return order
 
     def __len__(self) -> int:
-        n = math.ceil(len(self.images) / self.world_size)
+        n = self._length
         # Training drops a last partial batch so every step sees a full batch (OneCycle counts on it).
         return n // self.batch_size if self.train and n >= self.batch_size else math.ceil(n / self.batch_size)
 
@@ -120,8 +129,8 @@ class DeviceBatches:
         for b in range(len(self)):
             at = slice(b * self.batch_size, (b + 1) * self.batch_size)
             idx = on_device[at]
-            yield (self._images(idx, None if theta is None else theta[at], None if flips is None else flips[at]),
-                   self.targets[idx], order[at])
+            image = self._images(idx, None if theta is None else theta[at], None if flips is None else flips[at])
+            yield {"image": image, "index": order[at], **{name: value[idx] for name, value in self.fields.items()}}
 
     def _augmentation(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Per-position crop-and-flip matrices (with a crop) or flip flags (without), on the device."""

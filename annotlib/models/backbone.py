@@ -1,11 +1,11 @@
-"""timm backbones, optionally initialised from a local weights file."""
+"""timm backbones, optionally initialised from a local weights file through timm's own loading."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import timm
-import torch
 from torch import nn
 
 
@@ -13,61 +13,57 @@ class WeightsError(ValueError):
     """A weights file is missing, unreadable, or does not fit the model; the message names it."""
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a ``.safetensors`` or a torch checkpoint (``weights_only``), unwrapped from
-    the usual ``state_dict`` / ``model`` containers."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: weights file not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            for key in ("state_dict", "model", "state_dict_ema"):
-                if isinstance(state, dict) and isinstance(state.get(key), dict):
-                    state = state[key]
-                    break
-    except Exception as err:  # any reader failure means the same thing to the user
-        raise WeightsError(f"{path}: cannot read weights ({err})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"{path}: not a state dict of tensors")
-    return state
+class _LoadReport(logging.Handler):
+    """Collects what timm's loader logs about keys it could not place: timm loads a
+    classifier-less model non-strictly and only logs missing or unexpected keys."""
 
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
 
-def load_backbone_weights(model: nn.Module, path: Path, classifier_prefix: str | None) -> None:
-    """Load ``path`` into a classifier-less timm ``model``: every backbone tensor must be
-    present with the right shape; the file's ImageNet classifier is dropped."""
-    state = read_state_dict(path)
-    if classifier_prefix:
-        state = {k: v for k, v in state.items() if not k.startswith(classifier_prefix + ".")}
-    own = model.state_dict()
-    # BatchNorm step counters are bookkeeping, absent from many exported files.
-    missing = sorted(k for k in set(own) - set(state) if not k.endswith("num_batches_tracked"))
-    unexpected = sorted(set(state) - set(own))
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-             for k in own.keys() & state.keys() if state[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
-        def show(items):
-            return ", ".join(items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
-        problems = [f"{len(missing)} missing ({show(missing)})" if missing else "",
-                    f"{len(unexpected)} unexpected ({show(unexpected)})" if unexpected else "",
-                    f"{len(wrong)} of the wrong shape ({show(wrong)})" if wrong else ""]
-        raise WeightsError(f"{path}: does not fit the model: " + "; ".join(p for p in problems if p))
-    model.load_state_dict(state, strict=False)
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith(("Missing keys", "Unexpected keys")):
+            self.messages.append(message.split(" discovered")[0].split(" found")[0])
 
 
 def create_backbone(name: str, *, weights_file: str | Path | None = None, pretrained: bool = False,
                     **kwargs) -> nn.Module:
-    """A timm model without classifier or pooling, so ``forward`` returns the last feature map.
+    """A timm model without classifier (``num_classes=0``): ``forward_features`` gives its
+    last feature map (tokens for a ViT), ``forward_head(..., pre_logits=True)`` the pooled vector.
 
-    ``weights_file`` initialises it from a local file (timm key layout); ``pretrained``
-    asks timm's hub instead, for machines that can reach it.
+    ``weights_file`` initialises it from a local file through timm's loader
+    (``pretrained_cfg_overlay=dict(file=...)``), so the model's own checkpoint filters
+    apply; ``pretrained`` asks timm's hub instead, for machines that can reach it. A file
+    that does not fit the model is a :class:`WeightsError` naming it.
     """
     if weights_file is not None and pretrained:
         raise ValueError("give either weights_file or pretrained=True, not both")
-    model = timm.create_model(name, pretrained=pretrained, num_classes=0, global_pool="", **kwargs)
-    if weights_file is not None:
-        load_backbone_weights(model, Path(weights_file), model.pretrained_cfg.get("classifier"))
+    if weights_file is None:
+        return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+    path = Path(weights_file)
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file not found")
+    report = _LoadReport()
+    logger = logging.getLogger("timm.models._builder")
+    logger.addHandler(report)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        model = timm.create_model(name, pretrained=True, num_classes=0,
+                                  pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+    except Exception as err:  # noqa: BLE001 -- any reader failure means the same thing to the user
+        if "Error(s) in loading state_dict" in str(err):  # tensors of the wrong shape
+            raise WeightsError(f"{path}: does not fit {name}: "
+                               f"{str(err).strip().splitlines()[-1].strip()}") from None
+        raise WeightsError(f"{path}: cannot read weights ({type(err).__name__}: {err})") from None
+    finally:
+        logger.removeHandler(report)
+        logger.setLevel(level)
+    # BatchNorm step counters are bookkeeping, absent from many exported files.
+    problems = [m for m in report.messages if "Missing keys" not in m
+                or any(not k.strip().endswith("num_batches_tracked")
+                       for k in m[m.index("(") + 1:m.rindex(")")].split(","))]
+    if problems:
+        raise WeightsError(f"{path}: does not fit {name}: " + "; ".join(problems))
     return model

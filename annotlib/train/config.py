@@ -3,18 +3,35 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..io import read_json
 
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("onecycle", "cosine", "step", "none")
+# Fields that change how a run is shown, not what it computes.
+COSMETIC_FIELDS = ("progress",)
+# Fields of configs written before tasks and heads were named, and where they live now.
+# Values equal to the new home's default are dropped, so an old run keeps its identity.
+LEGACY_FIELDS = {"threshold_split": ("task_kwargs", "val"), "label_proportion": ("task_kwargs", 1.0),
+                 "curriculum_rounds": ("task_kwargs", 0), "curriculum_threshold": ("task_kwargs", 0.9),
+                 "dropout": ("head_kwargs", 0.3)}
+
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that determines a run's numbers. Defaults are a CPU-sized run on the
-    synthetic set; paper recipes live in :mod:`annotlib.experiments`."""
+    """Everything that determines a run's numbers. Defaults are a CPU-sized multi-label run
+    on the synthetic set; paper recipes live in :mod:`annotlib.papers`.
 
+    ``task``, ``head`` and ``loss`` name entries of the task, head and loss registries
+    (:mod:`annotlib.tasks`, :mod:`annotlib.models`, :mod:`annotlib.losses`); each takes its
+    options from the matching ``*_kwargs``.
+    """
+
+    paper: str = ""  # the papers-registry entry whose recipe this run follows ("" for none)
     # data
     dataset: str = "synthetic"
     data_root: str | None = None  # default: $ANNOTLIB_DATA_ROOT/<dataset folder>
@@ -27,28 +44,31 @@ class TrainConfig:
     hflip: bool = True
     vflip: bool = True
     crop_scale: tuple[float, float] | None = None  # random-resized-crop area range; None: no crop
-    # partial labels (P3): the proportion of each train/val image's labels kept known, and
-    # curriculum labelling rounds that turn confident predictions into pseudo-labels
-    label_proportion: float = 1.0
-    curriculum_rounds: int = 0  # extra training rounds, each on the previous round's pseudo-labels
-    curriculum_threshold: float = 0.9  # score >= t -> positive, <= 1 - t -> negative
+    # task: what is trained and how it is evaluated (e.g. P3's label_proportion is a multilabel option)
+    task: str = "multilabel"
+    task_kwargs: dict = field(default_factory=dict)
     # model
     backbone: str = "mobilenetv2_100"  # any timm name
     weights_file: str | None = None  # local pretrained weights in timm layout
-    dropout: float = 0.3
+    head: str = "multilabel"
+    head_kwargs: dict = field(default_factory=dict)
     # loss
     loss: str = "unsymmetric"
     loss_kwargs: dict = field(default_factory=dict)
     # optimisation
-    optimizer: str = "adam"  # "adam" or "adamw"
+    optimizer: str = "adam"  # adam, adamw or sgd
     lr: float = 1e-4
+    backbone_lr: float | None = None  # None: lr; 0: the backbone is frozen (P1)
     weight_decay: float = 0.0
-    pct_start: float = 0.2  # OneCycleLR warm-up share
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
+    scheduler: str = "onecycle"  # onecycle, cosine (to 0 over the run), step, or none
+    pct_start: float = 0.2  # onecycle's warm-up share
+    step_epochs: int = 30  # step: the learning rate is multiplied by step_gamma every step_epochs
+    step_gamma: float = 0.1
     epochs: int = 40
     batch_size: int = 32
     eval_batch_size: int = 128
-    # evaluation
-    threshold_split: str = "val"  # where per-label MCC thresholds are tuned: "val", or "train" as in P0
     # runtime
     device: str = "auto"  # "auto": cuda when available, else cpu
     bf16: bool = True  # bf16 autocast where the device has bf16 arithmetic (the loss stays in fp32)
@@ -63,29 +83,48 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def fingerprint(self) -> str:
+        """A hash of every field that changes the numbers (all but :data:`COSMETIC_FIELDS`)."""
+        values = {k: v for k, v in self.to_dict().items() if k not in COSMETIC_FIELDS}
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+    def differences(self, other: TrainConfig) -> list[str]:
+        """``field: ours vs theirs`` for every field (but the cosmetic ones) that differs."""
+        return [f"{f.name}: {getattr(self, f.name)!r} vs {getattr(other, f.name)!r}"
+                for f in dataclasses.fields(self) if f.name not in COSMETIC_FIELDS
+                and getattr(self, f.name) != getattr(other, f.name)]
+
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
+        """A config from its ``to_dict`` form, JSON values accepted (lists for tuples). The
+        fields of older configs (:data:`LEGACY_FIELDS`) move to their new home."""
+        values = {k: v for k, v in values.items() if k != "fingerprint"}  # written beside the fields
+        for name, (home, default) in LEGACY_FIELDS.items():
+            if name in values:
+                value = values.pop(name)
+                if value != default:
+                    values[home] = {name: value, **values.get(home, {})}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"unknown config fields: {', '.join(sorted(unknown))}")
-        values = dict(values)
         if values.get("crop_scale") is not None:
             values["crop_scale"] = tuple(values["crop_scale"])
         return cls(**values)
 
     def __post_init__(self):
-        if self.threshold_split not in ("val", "train"):
-            raise ValueError(f"threshold_split must be 'val' or 'train', got {self.threshold_split!r}")
-        if self.normalize not in ("backbone", "dataset"):
-            raise ValueError(f"normalize must be 'backbone' or 'dataset', got {self.normalize!r}")
-        if self.optimizer not in ("adam", "adamw"):
-            raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
+        for name, allowed in (("normalize", ("backbone", "dataset")), ("optimizer", OPTIMIZERS),
+                              ("scheduler", SCHEDULERS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name in ("task_kwargs", "head_kwargs", "loss_kwargs"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{name} must be a dict of options, got {getattr(self, name)!r}")
 
 
 def parse_overrides(items: list[str]) -> dict:
     """``["epochs=5", "backbone=resnet18"]`` -> config fields; values are read as JSON where
-    they parse (numbers, true/false, null, lists), else kept as strings."""
+    they parse (numbers, true/false, null, lists, objects), else kept as strings."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     out = {}
     for item in items:

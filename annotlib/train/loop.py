@@ -8,30 +8,19 @@ import io
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
 
 import torch
 from torch import nn
 
 from ..io import atomic_torch_save, atomic_write_text
+from ..data import Split
+from ..tasks import Outputs, Task
 from .config import TrainConfig
 from .distributed import Context, wrap
 
 
 class NonFiniteLossError(FloatingPointError):
     """Training produced a nan or inf loss; the message says where."""
-
-
-class Task(Protocol):
-    """How a batch becomes model outputs, a loss, and validation numbers."""
-
-    name: str
-
-    def forward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
-
-    def loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
-
-    def validation_metrics(self, outputs: torch.Tensor, y: torch.Tensor) -> dict[str, float]: ...
 
 
 def resolve_device(device: str) -> torch.device:
@@ -68,27 +57,72 @@ def use_channels_last(cfg: TrainConfig, device: torch.device) -> bool:
     return device.type == "cpu" if cfg.channels_last is None else cfg.channels_last
 
 
+def _gather(chunks: list):
+    """One output from per-batch outputs: tensors concatenated, lists chained, dicts per key."""
+    first = chunks[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(chunks)
+    if isinstance(first, dict):
+        return {key: _gather([c[key] for c in chunks]) for key in first}
+    if isinstance(first, list):
+        return [item for chunk in chunks for item in chunk]
+    raise TypeError(f"outputs must be tensors, lists or dicts of them, got {type(first).__name__}")
+
+
 @torch.inference_mode()
-def predict(model: nn.Module, forward: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
-            batches, *, bf16: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Concatenated float32 ``forward(model, x, y)`` and targets of ``batches``, in their order,
-    with the model in eval mode (``forward`` is e.g. a task's ``forward``)."""
+def predict(model: nn.Module, step: Callable[[nn.Module, torch.Tensor], Outputs], batches, *,
+            bf16: bool = True) -> Outputs:
+    """``step(model, images)`` (e.g. a task's ``predict_step``) over ``batches`` in their order,
+    gathered into one output, with the model in eval mode. ``step`` sees the images only:
+    nothing else of a batch (labels, captions) can leak into a prediction."""
     was_training = model.training
     model.eval()
-    outputs, targets = [], []
+    chunks = []
     precision = autocast(batches.device, bf16)  # reusable: entered once per batch
-    for x, y, _ in batches:
+    for batch in batches:
         with precision:
-            out = forward(model, x, y)
-        outputs.append(out.float())
-        targets.append(y)
+            chunks.append(step(model, batch["image"]))
     model.train(was_training)
-    return torch.cat(outputs), torch.cat(targets)
+    return _gather(chunks)
+
+
+def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """The backbone at ``cfg.backbone_lr`` (if set; 0 leaves it out, frozen) and the rest at ``cfg.lr``."""
+    backbone = getattr(model, "backbone", None)
+    if cfg.backbone_lr is None or backbone is None:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]
+    inside = {id(p) for p in backbone.parameters()}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in inside and p.requires_grad], "lr": cfg.lr}]
+    if cfg.backbone_lr > 0:
+        groups.append({"params": list(backbone.parameters()), "lr": cfg.backbone_lr})
+    return groups
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, cfg)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """Stepped after every optimizer step. OneCycle peaks at each group's own learning rate."""
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.scheduler == "onecycle":
+        if cfg.pct_start * total_steps == 1:  # OneCycleLR would divide by zero at the first step
+            raise ValueError(f"pct_start {cfg.pct_start} of {total_steps} steps is a one-step warm-up, "
+                             "which OneCycleLR cannot schedule; change pct_start or epochs")
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total_steps,
+            pct_start=cfg.pct_start)
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    if cfg.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_epochs * steps_per_epoch,
+                                               gamma=cfg.step_gamma)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
 
 def _write_history(path: Path, history: list[dict]) -> None:
@@ -99,12 +133,12 @@ def _write_history(path: Path, history: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def fit(model: nn.Module, task: Task, train_batches, val_batches, cfg: TrainConfig,
-        out_dir: str | Path, *, select: str = "val_mAP", ctx: Context | None = None) -> list[dict]:
-    """Train ``model`` for ``cfg.epochs``, validating after every epoch.
+def fit(model: nn.Module, task: Task, train_batches, val_batches, val_split: Split, cfg: TrainConfig,
+        out_dir: str | Path, *, ctx: Context | None = None) -> list[dict]:
+    """Train ``model`` for ``cfg.epochs`` with ``task``, validating after every epoch.
 
-    Writes ``history.csv``, ``best.pt`` (the weights of the epoch with the highest
-    ``select`` on the validation split; the test split is never looked at) and
+    Writes ``history.csv``, ``best.pt`` (the weights of the epoch with the best
+    ``task.selection`` metric on the validation split; the test split is never looked at) and
     ``checkpoint.pt`` (everything needed to resume) into ``out_dir``, each atomically
     at the end of an epoch. Called again on the same ``out_dir``, it resumes after the
     last finished epoch and ends with the same weights as an uninterrupted run.
@@ -118,12 +152,9 @@ def fit(model: nn.Module, task: Task, train_batches, val_batches, cfg: TrainConf
     device = train_batches.device
     model.to(device)
     optimizer = make_optimizer(model, cfg)
-    total_steps = cfg.epochs * len(train_batches)
-    if cfg.pct_start * total_steps == 1:  # OneCycleLR would divide by zero at the first step
-        raise ValueError(f"pct_start {cfg.pct_start} of {total_steps} steps is a one-step warm-up, "
-                         "which OneCycleLR cannot schedule; change pct_start or epochs")
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=cfg.pct_start)
+    scheduler = make_scheduler(optimizer, cfg, len(train_batches))
+    metric, mode = task.selection
+    select = f"val_{metric}"
     history: list[dict] = []
     checkpoint = out / "checkpoint.pt"
     if checkpoint.exists():
@@ -145,14 +176,17 @@ def fit(model: nn.Module, task: Task, train_batches, val_batches, cfg: TrainConf
         started = time.perf_counter()
         losses = train_epoch(step_model, task, train_batches, optimizer, scheduler, cfg, epoch)
         seconds = time.perf_counter() - started
-        outputs, targets = predict(step_model, task.forward, val_batches, bf16=cfg.bf16)
+        outputs = predict(model, task.predict_step, val_batches, bf16=cfg.bf16)
         row = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "train_loss": losses,
-               "val_loss": task.loss(outputs, targets).item(),
-               **{f"val_{k}": v for k, v in task.validation_metrics(outputs, targets).items()},
+               **{f"val_{k}": v for k, v in task.validation_metrics(outputs, val_split).items()},
                "train_seconds": round(seconds, 3),
                "train_img_per_s": round(len(train_batches) * train_batches.batch_size * ctx.world_size
                                         / seconds, 2)}
-        improved = not history or row[select] > max(r[select] for r in history)
+        if select not in row:
+            raise KeyError(f"{task.name}: the selection metric {metric!r} is not among its validation "
+                           f"metrics ({', '.join(k[4:] for k in row if k.startswith('val_'))})")
+        seen = [r[select] for r in history]
+        improved = not seen or (row[select] > max(seen) if mode == "max" else row[select] < min(seen))
         history.append(row)
         if ctx.is_main:
             if improved:
@@ -174,22 +208,21 @@ def train_epoch(model, task, batches, optimizer, scheduler, cfg, epoch) -> float
     bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
                leave=False)
     precision = autocast(batches.device, cfg.bf16)  # reusable: entered once per step
-    for step, (x, y, idx) in enumerate(batches):
+    for step, batch in enumerate(batches):
         with precision:
-            outputs = task.forward(model, x, y)
-        loss = task.loss(outputs.float(), y)
+            loss = task.training_step(model, batch).float()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
-        pending.append((step, idx, loss.detach()))
+        pending.append((step, batch["index"], loss.detach()))
         if len(pending) == check_every or step == len(batches) - 1:
             losses = torch.stack([p[2] for p in pending])
             bad = (~torch.isfinite(losses)).nonzero()
             if len(bad):
                 at, idx_bad, value = pending[bad[0, 0].item()]
                 raise NonFiniteLossError(
-                    f"{task.name} loss is {value.item()} at epoch {epoch + 1}, step {at + 1} of "
+                    f"{task.name} task's loss ({type(task.loss).__name__}) is {value.item()} at epoch {epoch + 1}, step {at + 1} of "
                     f"{len(batches)}, batch sample indices {idx_bad.tolist()}")
             total += losses.sum()
             bar.update(len(pending))

@@ -4,10 +4,10 @@
     python -m annotlib.reproduce --profile quick
 
 Each run executes its paper's notebook with papermill into
-``<reports>/<profile>/runs/<paper>/<dataset>/<loss>-seed<k>/`` (the executed notebook
-beside the run's config.json, history.csv, metrics.json and figures); P3's notebook runs its
-whole sweep of label proportions and methods into ``runs/p3/<dataset>/seed<k>/``, one
-``p<proportion>/<method>/`` sub-folder each. Then ``99_report.ipynb`` writes ``results.md``
+``<reports>/<profile>/runs/<paper>/<dataset>/<variant>/`` (the executed notebook beside the
+run's config.json, history.csv, metrics.json and figures; a notebook that trains several
+configurations, as P3's sweep, gives each a sub-folder). The papers, their notebooks and
+grids come from :mod:`annotlib.papers`. Then ``99_report.ipynb`` writes ``results.md``
 and ``index.html`` into ``<reports>/<profile>/``.
 Finished runs are skipped, a killed run resumes from its last epoch, and a failed run
 does not stop the others: failures are listed at the end and the exit code is 1.
@@ -24,40 +24,26 @@ import sys
 import time
 from pathlib import Path
 
-from .experiments import P3_METHOD_FIELDS, Run, grid, p3_fields, p3_sweep, p3_variant
+from .io import read_json
+from .papers import PAPERS, PROFILES, Run, grid
 from .train import TrainConfig, parse_overrides
 from .train.run import claim_run_dir
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-PAPER_NOTEBOOKS = {"p0": "01_unsymmetric_loss.ipynb", "p3": "04_partial_labels.ipynb"}
 REPORT_NOTEBOOK = "99_report.ipynb"
-# Config fields that are named parameters of the paper notebooks; the rest go in ``extra``.
-NOTEBOOK_FIELDS = ("dataset", "data_root", "loss", "backbone", "weights_file", "image_size", "epochs",
-                   "batch_size", "lr", "threshold_split", "seed", "device", "progress")
-# Config fields a paper's notebook sets itself, so they are not passed: P3's notebook sets the
-# loss, label proportion and curriculum of each (proportion, method) it runs.
-NOTEBOOK_SETS = {"p3": P3_METHOD_FIELDS}
 # Per profile: which 2-D projections the notebooks draw. UMAP's numba code is compiled in
 # every new kernel unless its on-disk cache is warm, so smoke skips it.
 PROJECTIONS = {"smoke": ["tsne"], "quick": ["tsne", "umap"], "paper": ["tsne", "umap"]}
 
 
-def notebook_parameters(cfg: TrainConfig, out_dir: Path, projections: list[str], paper: str = "p0",
-                        parameters: dict | None = None) -> dict:
-    """papermill parameters that make ``paper``'s notebook run exactly ``cfg`` into ``out_dir``,
-    with the run's own ``parameters`` (P3: its proportions and methods)."""
-    values = cfg.to_dict()
-    for name in NOTEBOOK_SETS.get(paper, ()):
-        del values[name]
-    named = {name: values.pop(name) for name in NOTEBOOK_FIELDS if name in values}
-    return {**named, "extra": values, **(parameters or {}), "output_dir": str(out_dir),
-            "projections": projections}
+def notebook_parameters(run: Run, out_dir: Path, projections: list[str]) -> dict:
+    """papermill parameters that make the run's paper notebook run exactly ``run`` into ``out_dir``."""
+    return {**PAPERS[run.paper].notebook_parameters(run), "output_dir": str(out_dir), "projections": projections}
 
 
 def finished(notebook: Path, parameters: dict | None = None) -> bool:
     """True when ``notebook`` is an executed copy that papermill completed without an error,
-    run with these ``parameters`` where given (a P3 sweep with other proportions or methods
-    has not finished this one)."""
+    run with these ``parameters`` where given."""
     try:
         meta = json.loads(notebook.read_text(encoding="utf-8"))["metadata"].get("papermill", {})
     except (OSError, ValueError, KeyError):
@@ -65,6 +51,19 @@ def finished(notebook: Path, parameters: dict | None = None) -> bool:
     ran_with = meta.get("parameters", {})
     same = all(ran_with.get(name) == json.loads(json.dumps(value)) for name, value in (parameters or {}).items())
     return bool(meta.get("end_time")) and not meta.get("exception") and same
+
+
+def stale(run: Run, run_dir: Path) -> list[str]:
+    """For every training of ``run`` whose folder holds another config: the folder and the
+    differences. Such a run is neither skipped nor reported: it is refused by name."""
+    problems = []
+    for variant, cfg in PAPERS[run.paper].trainings(run):
+        path = run_dir / variant / "config.json"
+        if path.exists():
+            differs = cfg.differences(TrainConfig.from_dict(read_json(path)))
+            if differs:
+                problems.append(f"{path} holds another config ({'; '.join(differs)}, asked vs held)")
+    return problems
 
 
 def execute(source: str, target: Path, parameters: dict) -> None:
@@ -85,47 +84,30 @@ def train_data_parallel(cfg: TrainConfig, run_dir: Path, nproc: int) -> None:
                    check=True)
 
 
-def trainings(run: Run) -> list[tuple[str, TrainConfig]]:
-    """(sub-folder, config) of every training the notebook of ``run`` does: the run itself,
-    or for P3 one per (proportion, method) of its sweep."""
-    if run.paper != "p3":
-        return [("", run.config)]
-    sweep = p3_sweep(run.config.dataset, run.parameters["proportions"], run.parameters["methods"],
-                     **p3_fields(run.config))
-    return [(p3_variant(p, method), cfg) for p, method, cfg in sweep]
-
-
-def select(runs: list[Run], losses: list[str]) -> list[Run]:
-    """The runs with one of ``losses`` (P0) and the P3 runs restricted to the methods among
-    them (a P3 run without any is dropped)."""
-    selected = []
-    for run in runs:
-        if run.paper == "p3":
-            methods = [m for m in run.parameters["methods"] if m in losses]
-            if methods:
-                selected.append(dataclasses.replace(run, parameters={**run.parameters, "methods": methods}))
-        elif run.config.loss in losses:
-            selected.append(run)
-    return selected
-
-
 def run_grid(runs: list[Run], out: Path, projections: list[str], nproc: int = 1) -> list[tuple[Path, str]]:
-    """Execute every run's notebook that has not finished; returns (notebook, error) failures."""
+    """Execute every run's notebook that has not finished; returns (notebook, error) failures.
+    A run folder holding another config is a failure naming the differences, never skipped."""
     failures = []
     for i, run in enumerate(runs, 1):
+        paper = PAPERS[run.paper]
         run_dir = out / "runs" / run.path
-        notebook = run_dir / PAPER_NOTEBOOKS[run.paper]
-        if finished(notebook, run.parameters):
+        notebook = run_dir / paper.notebook
+        parameters = notebook_parameters(run, run_dir.resolve(), projections)
+        conflicts = stale(run, run_dir)
+        if conflicts:
+            failures.append((notebook, "; ".join(conflicts) + "; use another --reports folder"))
+            print(f"[{i}/{len(runs)}] {run.path}: refused: {failures[-1][1]}", flush=True)
+            continue
+        if finished(notebook, parameters):
             print(f"[{i}/{len(runs)}] {run.path}: finished before, skipped", flush=True)
             continue
         print(f"[{i}/{len(runs)}] {run.path} ...", flush=True)
         started = time.perf_counter()
         try:
             if nproc > 1:
-                for variant, cfg in trainings(run):
+                for variant, cfg in paper.trainings(run):
                     train_data_parallel(cfg, run_dir / variant, nproc)
-            execute(PAPER_NOTEBOOKS[run.paper], notebook,
-                    notebook_parameters(run.config, run_dir.resolve(), projections, run.paper, run.parameters))
+            execute(paper.notebook, notebook, parameters)
         except Exception as err:  # noqa: BLE001 -- one failed run must not stop the grid
             failures.append((notebook, f"{type(err).__name__}: {str(err).strip().splitlines()[-1]}"))
             print(f"    failed: {failures[-1][1]}", flush=True)
@@ -134,10 +116,16 @@ def run_grid(runs: list[Run], out: Path, projections: list[str], nproc: int = 1)
     return failures
 
 
+def select(runs: list[Run], names: list[str]) -> list[Run]:
+    """The runs limited to the losses or methods ``names`` (a run with none of them is dropped)."""
+    kept = (PAPERS[run.paper].restrict(run, names) for run in runs)
+    return [run for run in kept if run is not None]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="run_all.sh", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", default="quick", choices=["quick", "paper", "smoke"],
+    parser.add_argument("--profile", default="quick", choices=list(PROFILES),
                         help="quick: synthetic data, CPU-sized, every P0 loss and P3 method, about 15 "
                              "minutes on 2 cores (default); paper: the papers' recipes on the real "
                              "datasets under the data root, for a GPU; smoke: the same pipeline in a "
@@ -147,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reports", default="reports", help="output folder (default: reports)")
     parser.add_argument("--datasets", nargs="+",
                         help="run the paper profile's papers on these datasets instead of their own")
-    parser.add_argument("--papers", nargs="+", choices=sorted(PAPER_NOTEBOOKS),
+    parser.add_argument("--papers", nargs="+", choices=sorted(PAPERS),
                         help="restrict the grid to these papers")
     parser.add_argument("--losses", nargs="+",
                         help="restrict the grid to these losses (P0) and methods (P3: partial_bce, "
@@ -173,8 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(f"--set {err}")
     runs = [dataclasses.replace(run, config=run.config.replace(**overrides))
-            for run in grid(args.profile, datasets=args.datasets, seeds=args.seeds)
-            if not args.papers or run.paper in args.papers]
+            for run in grid(args.profile, papers=args.papers, datasets=args.datasets, seeds=args.seeds)]
     if args.losses:
         runs = select(runs, args.losses)
     failures = run_grid(runs, out, PROJECTIONS[args.profile], args.nproc_per_node)

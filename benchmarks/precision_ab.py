@@ -50,11 +50,10 @@ def arms(cfg, device) -> dict:
 def summary(metrics: dict) -> dict:
     """The test numbers compared, in points (N+ as counts), and the training time."""
     test = metrics["test"]
-    values = [test["mAP"], test["at_0.5"]["CF1"], test["tuned"]["CF1"], test["at_0.5"]["OF1"],
-              test["tuned"]["OF1"]]
+    values = [test["mAP"], test["CF1@0.5"], test["CF1@tuned"], test["OF1@0.5"], test["OF1@tuned"]]
     out = {name: 100 * v for name, v in zip(COLUMNS, values)}
-    out.update({"N+@0.5": test["at_0.5"]["N+"], "N+ tuned": test["tuned"]["N+"],
-                "best_epoch": metrics["best_epoch"], "train_seconds": metrics["train_seconds"]})
+    out.update({"N+@0.5": test["N+@0.5"], "N+ tuned": test["N+@tuned"],
+                "best_epoch": metrics["selection"]["epoch"], "train_seconds": metrics["train_seconds"]})
     return out
 
 

@@ -45,11 +45,11 @@ from torchvision import transforms
 from annotlib.data import DeviceBatches, cached_images, load_split
 from annotlib.io import write_json
 from annotlib.losses import create_loss
-from annotlib.models import Annotator
+from annotlib.models import Annotator, create_model
 from annotlib.train import TrainConfig
 from annotlib.train.loop import (autocast, make_optimizer, native_bf16, predict, resolve_device,
                                  train_epoch, use_channels_last)
-from annotlib.train.tasks import MultiLabelTask
+from annotlib.tasks import MultiLabelTask
 
 RESULTS = Path(__file__).resolve().parents[1] / "reports" / "bench"
 # (T/S, T/R) goals: on CUDA for tresnet_m at 448 px, on CPU for a small backbone at 128 px.
@@ -110,12 +110,13 @@ class Setup:
         self.cfg = cfg.replace(channels_last=use_channels_last(cfg, self.device),
                                bf16=args.bf16 and native_bf16(self.device))
         loss = create_loss(self.cfg.loss, **self.cfg.loss_kwargs)
-        self.task = MultiLabelTask(loss, name=self.cfg.loss)
+        self.task = MultiLabelTask(loss)
 
     def model(self, cfg: TrainConfig) -> tuple[Annotator, torch.nn.Module]:
         """A freshly initialised model on the device, and the module to step (compiled or not)."""
         torch.manual_seed(cfg.seed)
-        model = Annotator(cfg.backbone, self.num_classes, dropout=cfg.dropout).to(self.device)
+        model = create_model(cfg.head, cfg.backbone, num_classes=self.num_classes, **cfg.head_kwargs)
+        model.to(self.device)
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
         return model, torch.compile(model) if cfg.compile else model
@@ -123,7 +124,7 @@ class Setup:
     def batches(self, cfg: TrainConfig, count: int, train: bool = True,
                 batch_size: int | None = None) -> DeviceBatches:
         """DeviceBatches over the first ``count`` cached images, as ``AnnotationRun.batches``."""
-        return DeviceBatches(self.images[:count], self.labels[:count], device=self.device,
+        return DeviceBatches(self.images[:count], {"labels": self.labels[:count]}, device=self.device,
                              mean=MEAN, std=STD,
                              batch_size=batch_size or cfg.batch_size, train=train,
                              hflip=cfg.hflip, vflip=cfg.vflip, crop_scale=cfg.crop_scale,
@@ -140,14 +141,11 @@ def measure_static(setup: Setup, cfg: TrainConfig) -> dict:
     args, device = setup.args, setup.device
     model, step_model = setup.model(cfg)
     optimizer = make_optimizer(model, cfg)
-    x, y, _ = next(iter(setup.batches(cfg, args.batch_size)))
-    x = x.contiguous(memory_format=torch.channels_last if cfg.channels_last else
-                     torch.contiguous_format)
+    batch = next(iter(setup.batches(cfg, args.batch_size)))
 
     def step():
         with autocast(device, cfg.bf16):
-            outputs = setup.task.forward(step_model, x, y)
-        loss = setup.task.loss(outputs.float(), y)
+            loss = setup.task.training_step(step_model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -209,7 +207,7 @@ def measure_loop(setup: Setup, cfg: TrainConfig, data_share: bool = False) -> di
         optimizer, max_lr=cfg.lr, total_steps=10 * sum(len(b) for b in epochs),
         pct_start=cfg.pct_start)
     model.train()
-    x, _, _ = next(iter(timed))
+    x = next(iter(timed))["image"]
     layout = "channels_last" if not x.is_contiguous() and x.is_contiguous(
         memory_format=torch.channels_last) else "NCHW"
     train_epoch(step_model, setup.task, warm, optimizer, scheduler, cfg, 0)
@@ -233,13 +231,13 @@ def measure_inference(setup: Setup, cfg: TrainConfig) -> dict:
     device, eval_size = setup.device, min(setup.args.eval_batch_size, setup.num_images)
     count = setup.num_images // eval_size * eval_size  # whole batches: one shape
     _, step_model = setup.model(cfg)
-    predict(step_model, setup.task.forward, setup.batches(cfg, eval_size, False, eval_size),
+    predict(step_model, setup.task.predict_step, setup.batches(cfg, eval_size, False, eval_size),
             bf16=cfg.bf16)
     batches = setup.batches(cfg, count, False, eval_size)
     reset_peak_memory(device)
     sync(device)
     start = time.perf_counter()
-    predict(step_model, setup.task.forward, batches, bf16=cfg.bf16)
+    predict(step_model, setup.task.predict_step, batches, bf16=cfg.bf16)
     sync(device)
     return result(count, time.perf_counter() - start, device, batch_size=eval_size)
 
@@ -277,7 +275,7 @@ def measure_reference(setup: Setup) -> dict:
     def step():
         x, y = next(batches)
         x, y = x.to(device), y.to(device)
-        loss = setup.task.loss(model(x), y)
+        loss = setup.task.loss(model(x), y.float())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -298,13 +296,12 @@ def flops_per_image(setup: Setup) -> float:
     """Forward + backward FLOPs of one training image (FlopCounterMode: matmuls and convs)."""
     cfg = setup.cfg.replace(compile=False)
     model, _ = setup.model(cfg)
-    x, y, _ = next(iter(setup.batches(cfg, setup.args.batch_size)))
+    batch = next(iter(setup.batches(cfg, setup.args.batch_size)))
     fixed = {torch.ops.aten.convolution_backward: conv_backward_flops}
     with FlopCounterMode(display=False, custom_mapping=fixed) as counter:
         with autocast(setup.device, cfg.bf16):
-            outputs = setup.task.forward(model, x, y)
-        setup.task.loss(outputs.float(), y).backward()
-    return counter.get_total_flops() / len(x)
+            setup.task.training_step(model, batch).backward()
+    return counter.get_total_flops() / len(batch["image"])
 
 
 def ab_options(device: torch.device) -> list[str]:

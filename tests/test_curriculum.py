@@ -6,7 +6,7 @@ import torch
 from annotlib.data import load_split
 from annotlib.data.labels import pseudo_label
 from annotlib.data.synthetic import generate_synthetic
-from annotlib.train import TrainConfig, prepare_run, run_annotation
+from annotlib.train import TrainConfig, load_run, prepare_run, run_annotation
 
 
 def test_pseudo_label_by_threshold_fills_only_confident_unknowns():
@@ -38,7 +38,7 @@ def config(root, **changes):
 
 
 def test_label_proportion_hides_train_and_val_labels_but_not_test(root):
-    run = prepare_run(config(root, label_proportion=0.25))
+    run = prepare_run(config(root, task_kwargs={"label_proportion": 0.25}))
     classes = run.splits["train"].num_classes
     for split in ("train", "val"):
         known = (run.splits[split].labels >= 0).sum(1)
@@ -48,11 +48,16 @@ def test_label_proportion_hides_train_and_val_labels_but_not_test(root):
 
 @pytest.mark.slow
 def test_curriculum_round_adds_pseudo_labels_and_trains_again(root, tmp_path):
-    metrics = run_annotation(config(root, loss="partial_bce", label_proportion=0.3, curriculum_rounds=1,
-                                    curriculum_threshold=0.7).replace(epochs=2), tmp_path)
-    (round1,) = metrics["partial_labels"]["curriculum"]
+    task_kwargs = {"label_proportion": 0.3, "curriculum_rounds": 1, "curriculum_threshold": 0.7}
+    metrics = run_annotation(config(root, loss="partial_bce", task_kwargs=task_kwargs).replace(epochs=2), tmp_path)
+    (round1,) = metrics["rounds"]
     assert round1["pseudo_labels"] > 0 and round1["unknown_left"] >= 0
-    assert (tmp_path / "curriculum-round1" / "best.pt").exists()
+    assert (tmp_path / "round1" / "best.pt").exists() and metrics["weights"] == "round1/best.pt"
+    # The run loads its last round's weights, not round 0's.
+    run = load_run(tmp_path)
+    final = torch.load(tmp_path / "round1" / "best.pt", weights_only=True)
+    assert all(torch.equal(v, final[k]) for k, v in run.model.state_dict().items())
+    assert not torch.equal(final["head.1.weight"], torch.load(tmp_path / "best.pt", weights_only=True)["head.1.weight"])
     assert 0 < metrics["test"]["mAP"] <= 1
 
 

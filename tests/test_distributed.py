@@ -29,4 +29,4 @@ def test_two_processes_reach_the_metrics_of_one(tmp_path):
     # Each rank saw half of every global batch of 32; batch-norm statistics are per rank and
     # dropout draws differ, so the numbers agree within noise, not bit for bit.
     assert abs(ddp["test"]["mAP"] - single["test"]["mAP"]) < 0.03, (ddp["test"]["mAP"], single["test"]["mAP"])
-    assert ddp["best_epoch"] >= 1 and ddp["num_images"] == single["num_images"]
+    assert ddp["selection"]["epoch"] >= 1 and ddp["num_images"] == single["num_images"]

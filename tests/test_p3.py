@@ -1,9 +1,8 @@
-"""P3 in the notebooks, the grid and the report: method configs, the grids' P3 runs, notebook
+"""P3 in the notebooks, the grid and the report: method configs, the grid's P3 runs, notebook
 parameters, the results tables against hand-computed values, the mAP-vs-p plot, and the
 notebook executed through papermill."""
 
 import json
-import statistics
 
 import matplotlib
 import numpy as np
@@ -13,29 +12,23 @@ import pytest
 
 from annotlib import reproduce
 from annotlib.data.synthetic import generate_synthetic
-from annotlib.experiments import (
-    P3_CLAIM,
-    P3_METHODS,
-    P3_PROPORTIONS,
-    P3_QUICK_PROPORTIONS,
-    Run,
-    grid,
+from annotlib.io import read_json
+from annotlib.papers import PAPERS, Run, grid
+from annotlib.papers.p3 import (
+    CLAIM,
+    METHODS,
+    PROPORTIONS,
+    QUICK_PROPORTIONS,
     p3_config,
-    p3_fields,
     p3_sweep,
     run_partial_labels,
+    sweep_fields,
+    sweep_table,
 )
-from annotlib.io import read_json, write_json
-from annotlib.report import (
-    collect_results,
-    p3_run_table,
-    p3_summary,
-    plot_summary,
-    summarize,
-    write_report,
-)
+from annotlib.report import collect_results, plot_summary, write_report
 from annotlib.reproduce import NOTEBOOKS
 from annotlib.viz import plot_metric_vs_proportion
+from reporting import fake_metrics
 
 matplotlib.use("Agg")
 
@@ -45,17 +38,19 @@ matplotlib.use("Agg")
                                                   ("curriculum", "partial_bce", 1)])
 def test_p3_config_sets_each_methods_loss_and_curriculum(method, loss, rounds):
     cfg = p3_config("synthetic", method, 0.3, epochs=2)
-    assert (cfg.loss, cfg.loss_kwargs, cfg.curriculum_rounds) == (loss, {}, rounds)
-    assert cfg.label_proportion == 0.3 and cfg.curriculum_threshold == 0.9 and cfg.epochs == 2
+    assert (cfg.loss, cfg.loss_kwargs, cfg.task_kwargs.get("curriculum_rounds", 0)) == (loss, {}, rounds)
+    assert cfg.task_kwargs["label_proportion"] == 0.3 and cfg.epochs == 2 and cfg.paper == "p3"
     assert (cfg.backbone, cfg.image_size) == ("resnet10t", 64)  # CPU-sized on the synthetic set
     real = p3_config("coco2014", method, 0.1)
-    assert (real.dataset, real.backbone, real.image_size, real.loss, real.curriculum_rounds) == \
-        ("coco2014", "resnet101", 448, loss, rounds)
+    assert (real.dataset, real.backbone, real.image_size, real.loss, real.task_kwargs.get("curriculum_rounds", 0)) \
+        == ("coco2014", "resnet101", 448, loss, rounds)
 
 
 def test_p3_config_refuses_what_the_method_sets_and_unknown_methods():
     with pytest.raises(ValueError, match="loss: set by the P3 method"):
         p3_config("synthetic", "known_only", 0.5, loss="bce")
+    with pytest.raises(ValueError, match="label_proportion: set by the P3 method"):
+        p3_config("synthetic", "known_only", 0.5, task_kwargs={"label_proportion": 0.2})
     with pytest.raises(ValueError, match="unknown P3 method 'pseudo'"):
         p3_config("synthetic", "pseudo", 0.5)
     with pytest.raises(ValueError, match="proportion"):
@@ -69,13 +64,13 @@ def p3_runs(profile, **kw):
 def test_grids_contain_the_p3_runs():
     (quick,) = p3_runs("quick")
     assert quick.path == "p3/synthetic/seed0" and quick.config.image_size == 64 and quick.config.epochs == 3
-    assert quick.parameters == {"proportions": list(P3_QUICK_PROPORTIONS), "methods": list(P3_METHODS)}
+    assert quick.parameters == {"proportions": list(QUICK_PROPORTIONS), "methods": list(METHODS)}
     assert len([run for run in grid("quick") if run.paper == "p0"]) == 4
 
     paper = p3_runs("paper")
     assert [run.path for run in paper] == ["p3/voc2007/seed1", "p3/coco2014/seed1"]
     assert paper[0].parameters["proportions"] == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
-    assert list(P3_PROPORTIONS) == paper[0].parameters["proportions"]
+    assert list(PROPORTIONS) == paper[0].parameters["proportions"]
     assert paper[0].config.backbone == "resnet101" and paper[0].config.image_size == 448
     assert [run.path for run in p3_runs("paper", datasets=["nus-wide"], seeds=[1, 2])] == \
         ["p3/nus-wide/seed1", "p3/nus-wide/seed2"]
@@ -86,19 +81,21 @@ def test_grids_contain_the_p3_runs():
 
 def test_notebook_parameters_reproduce_every_p3_config(tmp_path):
     (run,) = p3_runs("quick")
-    run = Run(run.paper, run.config.replace(crop_scale=(0.5, 1.0), curriculum_threshold=0.8), run.parameters)
-    params = reproduce.notebook_parameters(run.config, tmp_path, ["tsne"], run.paper, run.parameters)
+    run = Run(run.paper, run.variant, run.config.replace(crop_scale=(0.5, 1.0),
+                                                         task_kwargs={"curriculum_threshold": 0.8}), run.parameters)
+    params = reproduce.notebook_parameters(run, tmp_path, ["tsne"])
     params = json.loads(json.dumps(params))  # what papermill hands the notebook
-    assert "loss" not in params and "label_proportion" not in params["extra"]
-    assert params["proportions"] == list(P3_QUICK_PROPORTIONS) and params["methods"] == list(P3_METHODS)
-    named = {k: params[k] for k in reproduce.NOTEBOOK_FIELDS if k in params}
-    fields = {k: v for k, v in named.items() if k != "dataset"}
-    rebuilt = [p3_config(named["dataset"], m, p, **fields, **params["extra"])
+    assert "loss" not in params and "loss" not in params["extra"]
+    assert params["proportions"] == list(QUICK_PROPORTIONS) and params["methods"] == list(METHODS)
+    named = {k: v for k, v in params.items()
+             if k not in ("dataset", "proportions", "methods", "extra", "output_dir", "projections")}
+    rebuilt = [p3_config(params["dataset"], m, p, **named, **params["extra"])
                for p in params["proportions"] for m in params["methods"]]
-    expected = [cfg for _, _, cfg in p3_sweep(run.config.dataset, list(P3_QUICK_PROPORTIONS), list(P3_METHODS),
-                                               **p3_fields(run.config))]
-    assert rebuilt == expected and len(expected) == 4 * len(P3_QUICK_PROPORTIONS)
-    assert expected[3].curriculum_threshold == 0.8 and expected[3].crop_scale == (0.5, 1.0)
+    expected = [cfg for _, cfg in PAPERS["p3"].trainings(run)]
+    assert rebuilt == expected and len(expected) == 4 * len(QUICK_PROPORTIONS)
+    assert expected[3].task_kwargs["curriculum_threshold"] == 0.8 and expected[3].crop_scale == (0.5, 1.0)
+    assert expected == [cfg for _, _, cfg in p3_sweep("synthetic", QUICK_PROPORTIONS, METHODS,
+                                                       **sweep_fields(run.config))]
 
 
 def test_losses_select_p3_methods_and_papers_select_papers(tmp_path, monkeypatch):
@@ -126,26 +123,20 @@ def test_data_parallel_training_covers_every_pair_of_a_p3_sweep(tmp_path, monkey
     trained = []
     monkeypatch.setattr(reproduce, "train_data_parallel",
                         lambda cfg, run_dir, nproc: trained.append((run_dir.relative_to(tmp_path).as_posix(),
-                                                                    cfg.loss, cfg.label_proportion)))
+                                                                    cfg.loss, cfg.task_kwargs["label_proportion"])))
     monkeypatch.setattr(reproduce, "execute", lambda source, target, parameters: None)
     (run,) = p3_runs("smoke")
     assert reproduce.run_grid([run], tmp_path, ["tsne"], nproc=2) == []
     proportions, methods = run.parameters["proportions"], run.parameters["methods"]
     assert [t[0] for t in trained] == [f"runs/p3/synthetic/seed0/p{p:g}/{m}" for p in proportions for m in methods]
-    assert trained[0][1:] == (P3_METHODS[methods[0]]["loss"], proportions[0])
+    assert trained[0][1:] == (METHODS[methods[0]]["loss"], proportions[0])
 
 
 def fake_sweep_run(root, dataset, seed, proportion, method, m_ap):
-    run = root / "runs" / "p3" / dataset / f"seed{seed}" / f"p{proportion:g}" / method
-    block = {"CP": 0.4, "CR": 0.5, "CF1": 0.45, "OP": 0.6, "OR": 0.5, "OF1": 0.55, "N+": 10}
-    loss = P3_METHODS[method]["loss"]
-    write_json(run / "config.json", {"dataset": dataset, "loss": loss, "seed": seed, "backbone": "resnet10t",
-                                     "image_size": 64, "epochs": 3, "batch_size": 64, "lr": 2e-3,
-                                     "weights_file": None, "threshold_split": "val",
-                                     "label_proportion": proportion})
-    write_json(run / "metrics.json", {"dataset": dataset, "loss": loss, "num_images": {"train": 2160},
-                                      "test": {"mAP": m_ap, "at_0.5": block, "tuned": block}})
-    (run.parents[1] / "04_partial_labels.ipynb").write_text("{}")
+    cfg = p3_config(dataset, method, proportion, seed=seed)
+    fake_metrics(root / "runs" / "p3" / dataset / f"seed{seed}", f"p{proportion:g}/{method}", cfg,
+                 {"mAP": m_ap, "CF1@0.5": 0.45, "CF1@tuned": 0.5})
+    (root / "runs" / "p3" / dataset / f"seed{seed}" / "04_partial_labels.ipynb").write_text("{}")
 
 
 MAPS = {  # (method, proportion) -> mAP of seed 0 and seed 1
@@ -159,52 +150,27 @@ def test_report_tabulates_p3_mean_and_std_per_method_and_proportion(tmp_path):
     for (method, p), values in MAPS.items():
         for seed, m_ap in enumerate(values):
             fake_sweep_run(tmp_path, "synthetic", seed, p, method, m_ap)
-    p0 = tmp_path / "runs" / "p0" / "synthetic" / "bce-seed0"
-    block = {"CP": 0.4, "CR": 0.5, "CF1": 0.3, "OP": 0.6, "OR": 0.5, "OF1": 0.55, "N+": 10}
-    write_json(p0 / "config.json", {"dataset": "synthetic", "loss": "bce", "seed": 0, "backbone": "resnet10t",
-                                    "image_size": 96, "epochs": 8, "batch_size": 64, "lr": 2e-3,
-                                    "weights_file": None, "threshold_split": "val"})
-    write_json(p0 / "metrics.json", {"dataset": "synthetic", "loss": "bce", "num_images": {"train": 2160},
-                                     "test": {"mAP": 0.33, "at_0.5": block, "tuned": block}})
-
     results = collect_results(tmp_path)
-    sweeps = results[results["method"].notna()]
-    assert len(sweeps) == 2 * 9 and set(sweeps["notebook"]) == \
+    assert len(results) == 9 and set(results["notebook"]) == \
         {"runs/p3/synthetic/seed0/04_partial_labels.ipynb", "runs/p3/synthetic/seed1/04_partial_labels.ipynb"}
-    assert len(summarize(results)) == 2  # P0's table holds its own run only, at 0.5 and tuned
-
-    summary = p3_summary(results)
-    cell = summary.set_index(["method", "proportion"])["mAP"]
+    (section,) = write_report(tmp_path)
+    cell = section["table"].set_index(["method", "p"])["mAP"]
     # mean 0.43, sample std sqrt(2 * 0.03**2 / 1) = 0.0424
-    assert cell["partial_bce", 0.1] == "0.430 ± 0.042"
-    assert cell["partial_bce", 0.5] == f"0.510 ± {statistics.stdev([0.50, 0.52]):.3f}" == "0.510 ± 0.014"
-    assert cell["known_only", 0.1] == "0.330 ± 0.042" and cell["unknown_negative", 0.5] == "0.410"
-
-    write_report(tmp_path)
+    assert cell["partial_bce", 0.1] == "0.430 ± 0.042 (n=2)"
+    assert cell["partial_bce", 0.5] == "0.510 ± 0.014 (n=2)"
+    assert cell["known_only", 0.1] == "0.330 ± 0.042 (n=2)" and cell["unknown_negative", 0.5] == "0.410"
     md = (tmp_path / "results.md").read_text()
-    assert "| synthetic | bce | 0.5 |" in md  # P0's section as before
-    assert P3_CLAIM in md and md.index("## P0") < md.index("## P3") < md.index("### synthetic")
-    assert "| method | p = 0.1 | p = 0.5 |" in md
-    assert "| partial_bce | 0.430 ± 0.042 | 0.510 ± 0.014 |" in md
-    assert "| known_only | 0.330 ± 0.042 | 0.460 ± 0.014 |" in md
-    assert "| unknown_negative | – | 0.410 |" in md
-    line = next(line for line in md.splitlines() if line.startswith("Protocol: "))
-    assert "resnet10t 64px, 3 ep, 2160 train imgs" in line and "seeds 0, 1" in line
-    assert "backbone (paper: resnet101); image size (paper: 448); random init" in line and "synthetic data" in line
-    assert "[seed0](runs/p3/synthetic/seed0/04_partial_labels.ipynb)" in line
+    assert CLAIM in md and md.index("## P3") < md.index("### synthetic")
+    assert "| method | p | mAP | CF1@0.5 | CF1@tuned | seeds | notebooks |" in md
+    assert "| partial_bce | 0.1 | 0.430 ± 0.042 (n=2) | 0.450 ± 0.000 (n=2) |" in md
+    line = next(line for line in md.splitlines() if line.startswith("Differs from the paper in: "))
+    assert "backbone resnet10t (paper: resnet101); image size 64 (paper: 448); random init" in line
+    assert "synthetic data" in line
+    assert "[seed0](runs/p3/synthetic/seed0/04_partial_labels.ipynb)" in md
     page = (tmp_path / "index.html").read_text()
-    assert "<td>partial_bce</td><td>0.430 ± 0.042</td>" in page and P3_CLAIM in page
-
+    assert "<td>partial_bce</td><td>0.1</td><td>0.430 ± 0.042 (n=2)</td>" in page and CLAIM in page
     fig = plot_summary(results)
-    assert len(fig.axes) == 2 and fig.axes[1].get_title() == "p3, synthetic: test mAP"
-
-
-def test_report_of_p3_sweeps_alone(tmp_path):
-    fake_sweep_run(tmp_path, "voc2007", 1, 0.2, "curriculum", 0.7)
-    summary = write_report(tmp_path)
-    assert summary.empty
-    md = (tmp_path / "results.md").read_text()
-    assert "### voc2007" in md and "| curriculum | 0.700 |" in md and "## P0" not in md
+    assert len(fig.axes) == 1 and fig.axes[0].get_ylabel() == "test mAP"
 
 
 def test_plot_metric_vs_proportion_draws_the_mean_over_seeds_per_method():
@@ -224,11 +190,11 @@ def test_plot_metric_vs_proportion_draws_the_mean_over_seeds_per_method():
         plot_metric_vs_proportion(results, "CF1")
 
 
-def test_p3_run_table_puts_methods_in_rows_and_metric_p_in_columns():
+def test_sweep_table_puts_methods_in_rows_and_metric_p_in_columns():
     results = pd.DataFrame({"proportion": [0.1, 0.1, 0.5, 0.5], "method": ["known_only", "partial_bce"] * 2,
                             "mAP": [0.3, 0.4, 0.45, 0.5], "CF1": [0.1, 0.2, 0.3, 0.4]})
-    table = p3_run_table(results, metrics=("mAP", "CF1"))
-    assert list(table.index) == ["partial_bce", "known_only"]  # P3_METHODS order
+    table = sweep_table(results, metrics=("mAP", "CF1"))
+    assert list(table.index) == ["partial_bce", "known_only"]  # METHODS order
     assert list(table.columns) == [("mAP", 0.1), ("mAP", 0.5), ("CF1", 0.1), ("CF1", 0.5)]
     assert table.loc["partial_bce", ("CF1", 0.5)] == 0.4
 
@@ -247,9 +213,10 @@ def test_notebook_runs_the_sweep_and_saves_its_figures(tmp_path):
     for p in ("0.3", "1"):
         for method in ("partial_bce", "unknown_negative"):
             metrics = read_json(out / f"p{p}" / method / "metrics.json")
-            assert metrics["loss"] == P3_METHODS[method]["loss"] and metrics["epochs"] == 1
-            assert 0 < metrics["test"]["mAP"] <= 1
-            assert (metrics.get("partial_labels", {}).get("label_proportion", 1.0)) == float(p)
+            assert metrics["loss"] == METHODS[method]["loss"] and metrics["config"]["epochs"] == 1
+            assert 0 < metrics["test"]["mAP"] <= 1 and metrics["paper"] == "p3"
+            assert metrics["config"]["task_kwargs"]["label_proportion"] == float(p)
+            assert metrics["variant"] == f"p{p}/{method}"
     for figure in ("map_vs_proportion", "learning_curves", "embeddings", "cams"):
         assert (out / f"{figure}.png").stat().st_size > 1000
     results = pd.read_csv(out / "results.csv")

@@ -1,15 +1,19 @@
 """run_all.sh's grid runner and the report: the smoke profile end to end through the notebooks,
-skipping finished runs, failures listed, and the results tables against hand-computed values."""
+skipping finished runs, refusing stale ones, failures listed, and the results tables against
+hand-computed values."""
 
+import html
 import json
 import math
 
 import pytest
 
 from annotlib import reproduce
-from annotlib.experiments import P0_LOSS_ABLATION
-from annotlib.io import read_json, write_json
-from annotlib.report import collect_results, summarize, write_report
+from annotlib.io import read_json
+from annotlib.papers import PAPERS, grid
+from annotlib.papers.p0 import LOSS_ABLATION, p0_config
+from annotlib.report import collect_results, write_report
+from reporting import fake_metrics
 
 
 @pytest.mark.slow
@@ -21,18 +25,18 @@ def test_smoke_profile_executes_the_notebooks_and_writes_the_report(tmp_path, ca
         run = profile / "runs" / "p0" / "synthetic" / f"{loss}-seed0"
         assert reproduce.finished(run / "01_unsymmetric_loss.ipynb")
         metrics = read_json(run / "metrics.json")
-        assert metrics["loss"] == loss and metrics["epochs"] == 1
-        assert 0 < metrics["test"]["mAP"] <= 1 and 0 <= metrics["test"]["tuned"]["CF1"] <= 1
+        assert metrics["loss"] == loss and metrics["config"]["epochs"] == 1 and metrics["paper"] == "p0"
+        assert metrics["variant"] == f"{loss}-seed0"
+        assert 0 < metrics["test"]["mAP"] <= 1 and 0 <= metrics["test"]["CF1@tuned"] <= 1
         for figure in ("learning_curves", "f1_vs_frequency", "embeddings", "cams"):
             assert (run / f"{figure}.png").stat().st_size > 1000
     results = (profile / "results.md").read_text()
-    rows = [line for line in results.splitlines() if line.startswith("| synthetic")]
-    assert len(rows) == 4  # two losses, each at 0.5 and tuned
+    assert len([line for line in results.splitlines() if line.startswith(("| bce |", "| unsymmetric |"))]) == 2
     assert "runs/p0/synthetic/bce-seed0/01_unsymmetric_loss.ipynb" in (profile / "index.html").read_text()
     assert reproduce.finished(profile / "99_report.ipynb")
     sweep = profile / "runs" / "p3" / "synthetic" / "seed0"
     assert reproduce.finished(sweep / "04_partial_labels.ipynb") and (sweep / "map_vs_proportion.png").exists()
-    assert "| partial_bce | " in results and len(list(sweep.glob("p*/*/metrics.json"))) == 4
+    assert "| partial_bce | 0.1 | " in results and len(list(sweep.glob("p*/*/metrics.json"))) == 4
 
     mtime = (profile / "runs/p0/synthetic/bce-seed0/01_unsymmetric_loss.ipynb").stat().st_mtime_ns
     capsys.readouterr()
@@ -40,6 +44,13 @@ def test_smoke_profile_executes_the_notebooks_and_writes_the_report(tmp_path, ca
                            "--device", "cpu"]) == 0
     assert capsys.readouterr().out.count("finished before, skipped") == 3  # P0's two runs and P3's sweep
     assert (profile / "runs/p0/synthetic/bce-seed0/01_unsymmetric_loss.ipynb").stat().st_mtime_ns == mtime
+
+    # Another config into the same folders is refused by name, never reported as the old numbers.
+    capsys.readouterr()
+    assert reproduce.main(["--profile", "smoke", "--reports", str(tmp_path), "--no-progress",
+                           "--device", "cpu", "--set", "epochs=2"]) == 1
+    out, err = capsys.readouterr()
+    assert "finished before" not in out and err.count("holds another config (epochs: 2 vs 1") == 3
 
 
 def test_a_failed_run_does_not_stop_the_others_and_is_listed(tmp_path, monkeypatch, capsys):
@@ -59,56 +70,66 @@ def test_a_failed_run_does_not_stop_the_others_and_is_listed(tmp_path, monkeypat
 
 
 def test_notebook_parameters_reproduce_the_config(tmp_path):
-    from annotlib.experiments import grid, p0_config
-    cfg = grid("quick")[0].config.replace(crop_scale=(0.5, 1.0))
-    params = reproduce.notebook_parameters(cfg, tmp_path, ["tsne"])
-    params = json.loads(json.dumps(params))  # what papermill hands the notebook
-    named = {k: params[k] for k in reproduce.NOTEBOOK_FIELDS}
-    assert p0_config(**named, **params["extra"]) == cfg
+    run = grid("quick", papers=["p0"])[0]
+    run = type(run)(run.paper, run.variant, run.config.replace(crop_scale=(0.5, 1.0),
+                                                                task_kwargs={"threshold_split": "train"}))
+    params = json.loads(json.dumps(reproduce.notebook_parameters(run, tmp_path, ["tsne"])))
+    named = {k: v for k, v in params.items() if k not in ("extra", "output_dir", "projections", "variant")}
+    assert p0_config(**named, **params["extra"]) == run.config and params["variant"] == run.variant
 
 
 def test_set_overrides_parse_json_values():
-    assert reproduce.parse_overrides(["epochs=5", "weights_file=w.pt", "crop_scale=[0.5, 1]", "bf16=false"]) == \
-        {"epochs": 5, "weights_file": "w.pt", "crop_scale": (0.5, 1), "bf16": False}
+    assert reproduce.parse_overrides(["epochs=5", "weights_file=w.pt", "crop_scale=[0.5, 1]", "bf16=false",
+                                      'task_kwargs={"threshold_split": "train"}']) == \
+        {"epochs": 5, "weights_file": "w.pt", "crop_scale": (0.5, 1), "bf16": False,
+         "task_kwargs": {"threshold_split": "train"}}
     with pytest.raises(ValueError, match="no_such_field"):
         reproduce.parse_overrides(["no_such_field=1"])
 
 
-def fake_run(root, loss, seed, cf1, dataset="corel-5k", runtime=None):
-    run = root / "runs" / "p0" / dataset / f"{loss}-seed{seed}"
-    block = {"CP": 0.4, "CR": 0.5, "CF1": cf1, "OP": 0.6, "OR": 0.5, "OF1": 0.55, "N+": 100 + seed}
-    write_json(run / "config.json", {"dataset": dataset, "loss": loss, "seed": seed, "backbone": "mobilenetv2_100",
-                                     "image_size": 128, "epochs": 6, "batch_size": 32, "lr": 3e-4,
-                                     "weights_file": "w.safetensors", "threshold_split": "val"})
-    write_json(run / "metrics.json", {"dataset": dataset, "loss": loss, "num_images": {"train": 4050},
-                                      "test": {"mAP": 0.3 + seed / 100, "at_0.5": block, "tuned": block},
-                                      **({"runtime": runtime} if runtime else {})})
+def fake_run(root, loss, seed, cf1, dataset="corel-5k", bf16=False):
+    cfg = p0_config(dataset, loss, seed=seed, backbone="mobilenetv2_100", image_size=128, epochs=6, lr=3e-4,
+                    weights_file="w.safetensors")
+    test = {"CP@0.5": 0.4, "CF1@0.5": cf1, "N+@0.5": 100 + seed, "CF1@tuned": cf1 + 0.01, "N+@tuned": 120,
+            "mAP": 0.3 + seed / 100}
+    run = fake_metrics(root / "runs" / "p0" / dataset, f"{loss}-seed{seed}", cfg, test, bf16=bf16, labels=260)
     (run / "01_unsymmetric_loss.ipynb").write_text("{}")
 
 
 def test_report_gives_mean_and_sample_std_over_seeds_beside_the_paper(tmp_path):
     for seed, cf1 in enumerate([0.40, 0.44, 0.48]):
         fake_run(tmp_path, "asl", seed, cf1)
-    fake_run(tmp_path, "bce", 0, 0.3, runtime={"device": "cpu", "bf16_autocast": True})
-    summary = summarize(collect_results(tmp_path))
-    asl = summary[(summary.loss == "asl") & (summary.thresholds == "0.5")].iloc[0]
+    fake_run(tmp_path, "bce", 0, 0.3, bf16=True)
+    sections = write_report(tmp_path)
+    assert [s["dataset"] for s in sections] == ["corel-5k", "corel-5k"]  # bf16 differs: its own table
+    asl = sections[0]["table"].set_index("loss").loc["asl"]
     std = math.sqrt(sum((v - 0.44) ** 2 for v in (0.40, 0.44, 0.48)) / 2)
-    assert asl["CF1"] == f"0.440 ± {std:.3f}" and asl["seeds"] == "0, 1, 2"
-    assert asl["N+"] == "101 ± 1" and asl["mAP"] == "0.310 ± 0.010"
-    assert asl["paper CF1"] == f"{P0_LOSS_ABLATION['asl']['at_0.5']['CF1']:.3f}"
-    assert "mobilenetv2_100 128px, 6 ep, 4050 train imgs" in asl["protocol"]
-    assert "backbone; image size; epochs; lr; pretrained weights" in asl["differs from the paper in"]
-    bce = summary[(summary.loss == "bce") & (summary.thresholds == "tuned")].iloc[0]
-    assert bce["CF1"] == "0.300" and bce["paper N+"] == "164"
-    assert "bf16 autocast (paper: fp32)" in bce["differs from the paper in"]
-    assert "bf16" not in asl["differs from the paper in"]  # not recorded: not claimed
-
-    write_report(tmp_path)
+    assert asl["CF1@0.5"] == f"0.440 ± {std:.3f} (n=3)" and asl["seeds"] == 3
+    assert asl["N+@0.5"] == "101 ± 1 (n=3)" and asl["mAP"] == "0.310 ± 0.010 (n=3)"
+    assert asl["paper CF1@0.5"] == f"{LOSS_ABLATION['asl']['CF1@0.5']:.3f}" and asl["OF1@0.5"] == "–"
+    assert "backbone mobilenetv2_100 (paper: tresnet_m); image size 128 (paper: 448); epochs 6 (paper: 40)" \
+        in sections[0]["differences"]
+    assert "pretrained weights from a local file" in sections[0]["differences"]
+    assert "bf16" not in sections[0]["differences"] and "bf16 autocast (paper: fp32)" in sections[1]["differences"]
+    bce = sections[1]["table"].set_index("loss").loc["bce"]
+    assert bce["CF1@0.5"] == "0.300" and bce["paper N+@tuned"] == "164"
     md = (tmp_path / "results.md").read_text()
-    assert "| corel-5k | asl | 0.5 |" in md and "(runs/p0/corel-5k/asl-seed2/01_unsymmetric_loss.ipynb)" in md
+    assert "N+ counts out of 260 labels." in md and "per-label MCC thresholds tuned on val" in md
+    assert "| asl | 0.400 ± 0.000 (n=3) | – | 0.440 ± 0.040 (n=3) | 0.500 | 101 ± 1 (n=3) | 179 |" in md
+    assert "(runs/p0/corel-5k/asl-seed2/01_unsymmetric_loss.ipynb)" in md
     assert "<td>0.440 ± " in (tmp_path / "index.html").read_text()
+    claim = PAPERS["p0"].claims[0]
+    assert claim in md and html.escape(claim) in (tmp_path / "index.html").read_text()
 
 
 def test_report_of_an_empty_profile_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="no runs"):
         write_report(tmp_path)
+
+
+def test_a_metrics_file_without_schema_is_named(tmp_path):
+    path = tmp_path / "runs" / "p0" / "corel-5k" / "old" / "metrics.json"
+    path.parent.mkdir(parents=True)
+    path.write_text('{"test": {"mAP": 0.3}}')
+    with pytest.raises(ValueError, match=r"old/metrics\.json: written before metrics\.json had a schema"):
+        collect_results(tmp_path)

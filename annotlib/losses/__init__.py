@@ -1,12 +1,13 @@
-"""Multi-label losses on logits: BCE, focal, ASL, P0's unsymmetrical loss and P3's partial-BCE.
+"""Losses on logits: multi-label BCE, focal, ASL, P0's unsymmetrical loss and P3's partial-BCE,
+and torch's cross-entropy for single-label targets.
 
 Each family is a plain ``nn.Module`` called ``loss(logits, targets)`` on N x C tensors
 plus the functional form it calls; :func:`create_loss` builds one by name.
 
 Targets are 1 positive, 0 negative and -1 unknown (a missing label of P3's partial-label
 protocol, or VOC's difficult-only class); fully labelled 0/1 targets are valid as they
-are. (P3 writes -1 negative / 0 unknown; annotlib keeps 0 negative.) Every loss here
-accepts partial targets: unknown entries add 0, and ``reduction="mean"`` averages over the
+are. (P3 writes -1 negative / 0 unknown; annotlib keeps 0 negative.) Every
+multi-label loss accepts partial targets: unknown entries add 0, and ``reduction="mean"`` averages over the
 known entries, which is exactly the usual mean on fully labelled targets. The exceptions
 are deliberate: ``"partial_bce"`` weights each image by the proportion of its known labels
 and averages over images, and ``"bce_unknown_negative"`` counts unknown labels as
@@ -31,6 +32,8 @@ LOSSES: dict[str, type[nn.Module]] = {
     "partial_bce": PartialBCELoss,
     "bce_known": KnownLabelsBCELoss,
     "bce_unknown_negative": UnknownAsNegativeBCELoss,
+    # single-label targets (class ids), for tasks with one category per image or per step
+    "cross_entropy": nn.CrossEntropyLoss,
 }
 
 

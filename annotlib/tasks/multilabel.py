@@ -117,12 +117,8 @@ class MultiLabelTask(Task):
                 "unknown_left": int((labels < 0).sum())}
 
     def protocol(self):
-        notes = [*super().protocol(), f"per-label MCC thresholds tuned on {self.calibration_split}"]
-        if self.label_proportion < 1:
-            notes.append(f"{self.label_proportion:g} of each train/val image's labels known")
-        if self.rounds > 1:
-            notes.append(f"{self.rounds - 1} curriculum round(s) at threshold {self.curriculum_threshold:g}")
-        return notes
+        # The label proportion and curriculum rounds are what a run varies, not how it is judged.
+        return [*super().protocol(), f"per-label MCC thresholds tuned on {self.calibration_split}"]
 
     def state_dict(self):
         if self.thresholds is None:

@@ -1,0 +1,93 @@
+"""The papers registry: one module per paper (``annotlib/papers/p<k>.py``), each with a
+``PAPER``: its notebook, recipes and grid per profile, published numbers, table columns,
+claims, and how a run differs from the paper. ``reproduce`` and ``report`` read only this.
+
+Adding a paper adds a module here (found by name, nothing to register) beside its task,
+head, loss and notebook.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..train.config import TrainConfig
+
+PROFILES = ("smoke", "quick", "paper")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One cell of a grid: a paper's notebook run with ``config`` (and its own notebook
+    ``parameters``) into ``runs/<paper>/<dataset>/<variant>/``."""
+
+    paper: str
+    variant: str
+    config: TrainConfig
+    parameters: dict = field(default_factory=dict)
+
+    @property
+    def path(self) -> str:
+        return f"{self.paper}/{self.config.dataset}/{self.variant}"
+
+
+def single_training(run: Run) -> list[tuple[str, TrainConfig]]:
+    return [("", run.config)]
+
+
+@dataclass(frozen=True)
+class Paper:
+    """What the grid, the notebooks and the report need to know of one paper.
+
+    - ``grid(profile, datasets, seeds)``: its runs (``datasets``/``seeds`` None: the profile's);
+    - ``trainings(run)``: (sub-folder, config) of every training its notebook does;
+    - ``notebook_parameters(run)``: the papermill parameters that make the notebook run it;
+    - ``restrict(run, names)``: the run limited to the losses/methods ``names``, or None;
+    - ``row(metrics)``: the values of its ``row_keys``, which tell its results-table rows
+      apart (``{"loss": "bce"}``);
+    - ``columns``: the test metrics its table shows; ``reported(dataset, row)`` the paper's
+      published numbers by column, ``differences(metrics)`` how a run differs from the paper;
+    - ``claims``: what the paper claims, in words.
+    """
+
+    key: str
+    title: str
+    notebook: str
+    grid: Callable[[str, list | None, list | None], list[Run]]
+    notebook_parameters: Callable[[Run], dict]
+    restrict: Callable[[Run, list[str]], Run | None]
+    row_keys: tuple[str, ...]
+    row: Callable[[dict], dict]
+    columns: tuple[str, ...]
+    reported: Callable[[str, dict], dict]
+    differences: Callable[[dict], list[str]]
+    trainings: Callable[[Run], list[tuple[str, TrainConfig]]] = single_training
+    claims: tuple[str, ...] = ()
+
+
+def _discover() -> dict[str, Paper]:
+    papers = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        paper = getattr(importlib.import_module(f"{__name__}.{info.name}"), "PAPER", None)
+        if isinstance(paper, Paper):
+            papers[paper.key] = paper
+    return papers
+
+
+PAPERS: dict[str, Paper] = _discover()
+
+
+def grid(profile: str, *, papers: list[str] | None = None, datasets: list[str] | None = None,
+         seeds: list[int] | None = None) -> list[Run]:
+    """The runs of ``profile`` for ``papers`` (default: all)."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
+    unknown = sorted(set(papers or ()) - set(PAPERS))
+    if unknown:
+        raise ValueError(f"unknown papers {', '.join(unknown)}; known: {', '.join(PAPERS)}")
+    return [run for key in (papers or PAPERS) for run in PAPERS[key].grid(profile, datasets, seeds)]
+
+
+__all__ = ["PAPERS", "PROFILES", "Paper", "Run", "grid"]

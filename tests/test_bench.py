@@ -92,8 +92,8 @@ def test_precision_ab_trains_three_arms_and_reports_differences_from_fp32(tmp_pa
         assert config["bf16"] is name.startswith("bf16")
         assert config["channels_last"] is (False if name == "fp32-nchw" else None)
         assert report["runs"][name]["mAP"] == pytest.approx(100 * metrics["test"]["mAP"])
-        assert report["runs"][name]["CF1 tuned"] == pytest.approx(100 * metrics["test"]["tuned"]["CF1"])
-        assert report["runs"][name]["N+@0.5"] == metrics["test"]["at_0.5"]["N+"]
+        assert report["runs"][name]["CF1 tuned"] == pytest.approx(100 * metrics["test"]["CF1@tuned"])
+        assert report["runs"][name]["N+@0.5"] == metrics["test"]["N+@0.5"]
     fp32 = report["runs"]["fp32-channels_last"]
     for name, diff in report["differences_from_fp32"].items():
         assert diff["OF1@0.5"] == pytest.approx(report["runs"][name]["OF1@0.5"] - fp32["OF1@0.5"])

@@ -34,6 +34,9 @@ def test_smoke_profile_executes_the_notebooks_and_writes_the_report(tmp_path, ca
     assert len([line for line in results.splitlines() if line.startswith(("| bce |", "| unsymmetric |"))]) == 2
     assert "runs/p0/synthetic/bce-seed0/01_unsymmetric_loss.ipynb" in (profile / "index.html").read_text()
     assert reproduce.finished(profile / "99_report.ipynb")
+    p1 = profile / "runs" / "p1" / "synthetic" / "seed0"
+    assert reproduce.finished(p1 / "02_cnn_rnn.ipynb") and (p1 / "decoded.png").exists()
+    assert read_json(p1 / "cnn_rnn" / "metrics.json")["task"] == "label_sequence" and "| cnn_rnn | " in results
     sweep = profile / "runs" / "p3" / "synthetic" / "seed0"
     assert reproduce.finished(sweep / "04_partial_labels.ipynb") and (sweep / "map_vs_proportion.png").exists()
     assert "| partial_bce | 0.1 | " in results and len(list(sweep.glob("p*/*/metrics.json"))) == 4
@@ -42,7 +45,7 @@ def test_smoke_profile_executes_the_notebooks_and_writes_the_report(tmp_path, ca
     capsys.readouterr()
     assert reproduce.main(["--profile", "smoke", "--reports", str(tmp_path), "--no-progress",
                            "--device", "cpu"]) == 0
-    assert capsys.readouterr().out.count("finished before, skipped") == 3  # P0's two runs and P3's sweep
+    assert capsys.readouterr().out.count("finished before, skipped") == 4  # P0's two runs, P1's and P3's
     assert (profile / "runs/p0/synthetic/bce-seed0/01_unsymmetric_loss.ipynb").stat().st_mtime_ns == mtime
 
     # Another config into the same folders is refused by name, never reported as the old numbers.
@@ -50,7 +53,8 @@ def test_smoke_profile_executes_the_notebooks_and_writes_the_report(tmp_path, ca
     assert reproduce.main(["--profile", "smoke", "--reports", str(tmp_path), "--no-progress",
                            "--device", "cpu", "--set", "epochs=2"]) == 1
     out, err = capsys.readouterr()
-    assert "finished before" not in out and err.count("holds another config (epochs: 2 vs 1") == 3
+    assert "finished before" not in out and out.count(": refused: ") == 4
+    assert err.count("holds another config (epochs: 2 vs 1") == 2 + 2 + 4  # every training folder named
 
 
 def test_a_failed_run_does_not_stop_the_others_and_is_listed(tmp_path, monkeypatch, capsys):
@@ -64,7 +68,7 @@ def test_a_failed_run_does_not_stop_the_others_and_is_listed(tmp_path, monkeypat
     monkeypatch.setattr(reproduce, "execute", fake_execute)
     assert reproduce.main(["--profile", "smoke", "--reports", str(tmp_path)]) == 1
     assert [p.parent.name for p in executed[:2]] == ["bce-seed0", "unsymmetric-seed0"]
-    assert [p.name for p in executed[2:]] == ["04_partial_labels.ipynb", "99_report.ipynb"]
+    assert [p.name for p in executed[2:]] == ["02_cnn_rnn.ipynb", "04_partial_labels.ipynb", "99_report.ipynb"]
     err = capsys.readouterr().err
     assert "1 notebook(s) failed" in err and "bce-seed0/01_unsymmetric_loss.ipynb: RuntimeError: at the end" in err
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 from .annotator import Annotator
 from .backbone import WeightsError, create_backbone
 from .base import ImageModel
+from .cnn_rnn import CNNRNN
 
 HEADS: dict[str, type[ImageModel]] = {
     "multilabel": Annotator,
+    "cnn_rnn": CNNRNN,
 }
 
 
@@ -28,4 +30,4 @@ def create_model(head: str, backbone: str, *, weights_file=None, pretrained: boo
                freeze_backbone=freeze_backbone, **kwargs)
 
 
-__all__ = ["HEADS", "Annotator", "ImageModel", "WeightsError", "create_backbone", "create_model"]
+__all__ = ["CNNRNN", "HEADS", "Annotator", "ImageModel", "WeightsError", "create_backbone", "create_model"]

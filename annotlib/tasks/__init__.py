@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from ..losses import create_loss
 from .base import Outputs, Task
+from .label_sequence import LabelSequenceTask
 from .multilabel import MultiLabelTask
 
 TASKS: dict[str, type[Task]] = {
     "multilabel": MultiLabelTask,
+    "label_sequence": LabelSequenceTask,
 }
 
 
@@ -24,4 +26,4 @@ def create_task(name: str, loss: str, loss_kwargs: dict | None = None, **task_kw
         raise ValueError(f"task {name!r} or loss {loss!r}: {err}") from None
 
 
-__all__ = ["TASKS", "MultiLabelTask", "Outputs", "Task", "create_task"]
+__all__ = ["TASKS", "LabelSequenceTask", "MultiLabelTask", "Outputs", "Task", "create_task"]

@@ -50,6 +50,7 @@ class TrainConfig:
     # model
     backbone: str = "mobilenetv2_100"  # any timm name
     weights_file: str | None = None  # local pretrained weights in timm layout
+    pretrained: bool = False  # timm's pretrained weights from its hub, for machines that reach it
     head: str = "multilabel"
     head_kwargs: dict = field(default_factory=dict)
     # loss

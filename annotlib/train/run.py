@@ -113,7 +113,7 @@ def prepare_run(cfg: TrainConfig, device: torch.device | None = None) -> Annotat
     images = {s: cached_images(split.image_paths, cfg.image_size, progress=cfg.progress)
               for s, split in splits.items()}
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.head, cfg.backbone, weights_file=cfg.weights_file,
+    model = create_model(cfg.head, cfg.backbone, weights_file=cfg.weights_file, pretrained=cfg.pretrained,
                          freeze_backbone=cfg.backbone_lr == 0, **task.model_sizes(splits["train"]),
                          **cfg.head_kwargs)
     mean, std = (model.mean, model.std) if cfg.normalize == "backbone" else channel_stats(images["train"])

@@ -148,9 +148,8 @@ def test_prepared_model_and_batches_share_the_devices_layout(small):
 
 
 def test_a_one_step_warm_up_is_refused_before_training(tmp_path):
-    from annotlib.data import DeviceBatches
+    from annotlib.data import DeviceBatches, Split
     from annotlib.losses import create_loss
-    from annotlib.data import Split
     from annotlib.tasks import MultiLabelTask
 
     labels = torch.tensor([[1, 0], [0, 1]], dtype=torch.int8).repeat(10, 1)

@@ -51,7 +51,7 @@ def create_backbone(name: str, *, weights_file: str | Path | None = None, pretra
     logger.setLevel(logging.INFO)
     try:
         model = timm.create_model(name, pretrained=True, num_classes=0,
-                                  pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+                                  pretrained_cfg_overlay={"file": str(path)}, **kwargs)
     except Exception as err:  # noqa: BLE001 -- any reader failure means the same thing to the user
         if "Error(s) in loading state_dict" in str(err):  # tensors of the wrong shape
             raise WeightsError(f"{path}: does not fit {name}: "

@@ -50,7 +50,7 @@ class Task:
 
     def sampler(self, split: Split, batch_size: int):
         """The training order (see :mod:`annotlib.data.samplers`); None: shuffled."""
-        return None
+        return
 
     def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError

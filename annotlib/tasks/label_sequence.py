@@ -67,5 +67,5 @@ class LabelSequenceTask(Task):
         return metrics
 
     def protocol(self):
-        return [*super().protocol(), f"labels decoded by beam search (beam {self.beam_size}), "
-                f"{self.order} order; mAP from each label's highest step probability"]
+        return [*super().protocol(), (f"labels decoded by beam search (beam {self.beam_size}), "
+                                      f"{self.order} order; mAP from each label's highest step probability")]

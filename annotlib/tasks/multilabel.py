@@ -64,7 +64,7 @@ class MultiLabelTask(Task):
         self.classes: list[str] = []
 
     def setup(self, splits: dict[str, Split], seed: int) -> dict[str, Split]:
-        for name, split in splits.items():
+        for split in splits.values():
             split.require("labels", self.name)
         self.classes = splits["train"].classes
         if self.label_proportion < 1:  # P3's protocol: train and val lose labels, test stays complete

@@ -46,10 +46,17 @@ from annotlib.data import DeviceBatches, cached_images, load_split
 from annotlib.io import write_json
 from annotlib.losses import create_loss
 from annotlib.models import Annotator, create_model
-from annotlib.train import TrainConfig
-from annotlib.train.loop import (autocast, make_optimizer, native_bf16, predict, resolve_device,
-                                 train_epoch, use_channels_last)
 from annotlib.tasks import MultiLabelTask
+from annotlib.train import TrainConfig
+from annotlib.train.loop import (
+    autocast,
+    make_optimizer,
+    native_bf16,
+    predict,
+    resolve_device,
+    train_epoch,
+    use_channels_last,
+)
 
 RESULTS = Path(__file__).resolve().parents[1] / "reports" / "bench"
 # (T/S, T/R) goals: on CUDA for tresnet_m at 448 px, on CPU for a small backbone at 128 px.

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import papermill
 import pytest
+from reporting import fake_metrics
 
 from annotlib import reproduce
 from annotlib.data.synthetic import generate_synthetic
@@ -28,7 +29,6 @@ from annotlib.papers.p3 import (
 from annotlib.report import collect_results, plot_summary, write_report
 from annotlib.reproduce import NOTEBOOKS
 from annotlib.viz import plot_metric_vs_proportion
-from reporting import fake_metrics
 
 matplotlib.use("Agg")
 

@@ -7,13 +7,13 @@ import json
 import math
 
 import pytest
+from reporting import fake_metrics
 
 from annotlib import reproduce
 from annotlib.io import read_json
 from annotlib.papers import PAPERS, grid
 from annotlib.papers.p0 import LOSS_ABLATION, p0_config
 from annotlib.report import collect_results, write_report
-from reporting import fake_metrics
 
 
 @pytest.mark.slow

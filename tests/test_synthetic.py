@@ -14,8 +14,14 @@ import torch
 from PIL import Image
 
 from annotlib.data.labels import DataError
-from annotlib.data.synthetic import (EMOTIONS, LABELS, OBJECTS, default_synthetic_root,
-                                     generate_synthetic, read_synthetic)
+from annotlib.data.synthetic import (
+    EMOTIONS,
+    LABELS,
+    OBJECTS,
+    default_synthetic_root,
+    generate_synthetic,
+    read_synthetic,
+)
 
 N, SIZE = 400, 64
 
@@ -96,7 +102,7 @@ def test_emotions_follow_the_wheel(both):
         emotions.append(split.category_ids.numpy())
     stats, emotions = np.array(stats), np.concatenate(emotions)
     centre = np.stack([stats[emotions == k].mean(0) for k in range(8)])
-    dist = lambda a, b: np.linalg.norm(centre[a % 8] - centre[b % 8])  # noqa: E731
+    dist = lambda a, b: np.linalg.norm(centre[a % 8] - centre[b % 8])
     for k in range(8):
         assert max(dist(k, k - 1), dist(k, k + 1)) < dist(k, k + 4), EMOTIONS[k]
     brightness = stats[:, :3].mean(1)

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..io import atomic_torch_save, atomic_write_text
 from ..data import Split
+from ..io import atomic_torch_save, atomic_write_text
 from ..tasks import Outputs, Task
 from .config import TrainConfig
 from .distributed import Context, wrap

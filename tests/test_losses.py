@@ -269,7 +269,8 @@ def test_create_loss_by_name_and_kwargs():
     assert LOSSES == {"bce": BCELoss, "focal": FocalLoss, "asl": AsymmetricLoss,
                       "unsymmetric": UnsymmetricLoss, "partial_bce": PartialBCELoss,
                       "bce_known": KnownLabelsBCELoss,
-                      "bce_unknown_negative": UnknownAsNegativeBCELoss}
+                      "bce_unknown_negative": UnknownAsNegativeBCELoss,
+                      "cross_entropy": torch.nn.CrossEntropyLoss}
     for name, cls in LOSSES.items():
         assert type(create_loss(name)) is cls
     focal = create_loss("focal", gamma_pos=2.0, gamma_neg=1.0)

@@ -82,7 +82,8 @@ def test_methods_share_the_backbone_resolution_and_epochs_and_set_their_own_task
 
 def test_grids_and_notebook_parameters_reproduce_every_training(tmp_path):
     (quick,) = grid("quick", papers=["p1"])
-    assert quick.path == "p1/synthetic/seed0" and quick.parameters == {"methods": list(METHODS)}
+    assert quick.path == "p1/synthetic/seed0" and quick.parameters == {"methods": ["cnn_rnn", "bce"]}
+    assert grid("paper", papers=["p1"])[0].parameters == {"methods": list(METHODS)}
     paper = grid("paper", papers=["p1"])
     assert [r.path for r in paper] == ["p1/voc2007/seed1", "p1/coco2014/seed1", "p1/nus-wide/seed1"]
     assert paper[1].config.task_kwargs == {"top_k": 3}  # P1's COCO table is top-3

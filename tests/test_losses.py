@@ -15,6 +15,7 @@ from annotlib.losses import (
     FocalLoss,
     KnownLabelsBCELoss,
     PartialBCELoss,
+    SentimentLoss,
     UnknownAsNegativeBCELoss,
     UnsymmetricLoss,
     asymmetric_loss,
@@ -270,7 +271,7 @@ def test_create_loss_by_name_and_kwargs():
                       "unsymmetric": UnsymmetricLoss, "partial_bce": PartialBCELoss,
                       "bce_known": KnownLabelsBCELoss,
                       "bce_unknown_negative": UnknownAsNegativeBCELoss,
-                      "cross_entropy": torch.nn.CrossEntropyLoss}
+                      "cross_entropy": torch.nn.CrossEntropyLoss, "sentiment": SentimentLoss}
     for name, cls in LOSSES.items():
         assert type(create_loss(name)) is cls
     focal = create_loss("focal", gamma_pos=2.0, gamma_neg=1.0)
@@ -359,7 +360,12 @@ def test_all_unknown_targets_give_zero_not_nan(name):
         assert loss.item() == 0.0 and (x.grad == 0).all()
 
 
-@pytest.mark.parametrize("name", list(LOSSES))
+# P2's and P4's losses take other inputs (an embedding; computed loss terms) and are tested
+# in float32 under autocast in their own files.
+ON_LOGITS = [name for name in LOSSES if name not in ("sentiment", "joint_caption")]
+
+
+@pytest.mark.parametrize("name", ON_LOGITS)
 def test_bf16_logits_give_finite_fp32_loss_and_gradients(name):
     """Every registered loss: bf16 logits up to +-100 are promoted to float32 inside."""
     gen = torch.Generator().manual_seed(7)
@@ -388,3 +394,19 @@ def test_bf16_training_step_is_finite_for_every_gamma(name, gamma_keys, gamma):
     loss = create_loss(name, **{key: gamma for key in gamma_keys})(logits, targets)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(logits.grad.float()).all()
+
+
+def test_p0_compares_against_its_own_asl_whose_focal_weights_carry_gradients():
+    """P0's ASL baseline does not detach the focal weights: its gradient is the derivative of
+    the reference formula, which a detached weight would miss."""
+    from annotlib.papers.p0 import LOSSES as P0_LOSSES
+    x, y = away_from_kinks((4, 6))
+    x = x.requires_grad_()
+    loss = create_loss("asl", **P0_LOSSES["asl"], reduction="sum")
+    (grad,) = torch.autograd.grad(loss(x, y), x)
+    eps = 1e-6
+    numeric = torch.tensor([[(ref_asl(v + eps, t) - ref_asl(v - eps, t)) / (2 * eps)
+                             for v, t in zip(row.tolist(), target.tolist())] for row, target in zip(x, y)])
+    torch.testing.assert_close(grad, numeric.to(grad.dtype), rtol=1e-4, atol=1e-6)
+    (detached,) = torch.autograd.grad(create_loss("asl", reduction="sum")(x, y), x)
+    assert not torch.allclose(detached, numeric.to(grad.dtype), rtol=1e-4, atol=1e-6)

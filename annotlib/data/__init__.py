@@ -12,6 +12,7 @@ from .aia import read_aia
 from .batches import DeviceBatches
 from .cache import cached_images, channel_stats
 from .coco import read_coco
+from .folders import FOLDER_DATASETS
 from .labels import DataError, Split, carve_validation
 from .nuswide import read_nuswide
 from .voc import VOC_SPLITS, read_voc
@@ -44,6 +45,8 @@ DATASETS: dict[str, DatasetInfo] = {
     "coco2014": DatasetInfo("COCO2014", partial(read_coco, dataset="coco2014")),
     "nus-wide": DatasetInfo("NUS-WIDE", partial(read_nuswide, dataset="nus-wide")),
 }
+# the affective sets of P2, one folder per emotion
+DATASETS.update({name: DatasetInfo(*entry) for name, entry in FOLDER_DATASETS.items()})
 
 
 def dataset_root(dataset: str, root: str | Path | None = None) -> Path:

@@ -22,6 +22,7 @@ from .asl import AsymmetricLoss, asymmetric_loss
 from .bce import BCELoss, KnownLabelsBCELoss, UnknownAsNegativeBCELoss, bce_loss
 from .focal import FocalLoss, focal_loss
 from .partial_bce import PartialBCELoss, partial_bce_loss
+from .sentiment import SentimentLoss
 from .unsymmetric import UnsymmetricLoss, unsymmetric_loss
 
 LOSSES: dict[str, type[nn.Module]] = {
@@ -34,6 +35,8 @@ LOSSES: dict[str, type[nn.Module]] = {
     "bce_unknown_negative": UnknownAsNegativeBCELoss,
     # single-label targets (class ids), for tasks with one category per image or per step
     "cross_entropy": nn.CrossEntropyLoss,
+    # P2: softmax with sentiment constraints or a triplet loss on an embedding
+    "sentiment": SentimentLoss,
 }
 
 
@@ -53,6 +56,7 @@ __all__ = [
     "FocalLoss",
     "KnownLabelsBCELoss",
     "PartialBCELoss",
+    "SentimentLoss",
     "UnknownAsNegativeBCELoss",
     "UnsymmetricLoss",
     "asymmetric_loss",

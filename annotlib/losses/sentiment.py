@@ -22,26 +22,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..data.emotions import EMOTIONS, category_polarity
+from ..data.emotions import wheel_distance as emotion_wheel_distance
+
 SAMPLINGS = ("semi-hard", "all")
 METRICS = ("sentiment", "triplet")
-# Mikels' wheel in order (assumed by PAPERS.md, P2; cyclic). Category id k is the k-th emotion.
-MIKELS_WHEEL = ("amusement", "contentment", "awe", "excitement",
-                "fear", "sadness", "disgust", "anger")
-MIKELS_POSITIVE = ("amusement", "awe", "contentment", "excitement")
-
-
-def _mikels_polarity() -> torch.Tensor:
-    """``K = 8``: 1 for the positive emotions, 0 for the negative ones, in wheel order."""
-    return torch.tensor([int(e in MIKELS_POSITIVE) for e in MIKELS_WHEEL])
-
-
-def _mikels_wheel_distance() -> torch.Tensor:
-    """``8 x 8``: ``dis(i, j) = 1 + min(|i - j|, 8 - |i - j|)`` (steps either way round)."""
-    k = torch.arange(len(MIKELS_WHEEL))
-    steps = (k[:, None] - k[None, :]).abs()
-    return (1 + torch.minimum(steps, len(MIKELS_WHEEL) - steps)).float()
-
-
 def _float(x: torch.Tensor) -> torch.Tensor:
     # At least float32: bf16 distances between unit vectors lose the small differences that
     # the margins compare; float64 stays float64 so gradcheck and the loop references work.
@@ -238,9 +223,10 @@ class SentimentLoss(nn.Module):
     (``metric="triplet"``: :func:`triplet_loss` with margin ``alpha1`` instead, P2's "S+T").
 
     ``polarity`` (``K`` long) and ``wheel_distance`` (``K x K``) default to the eight Mikels
-    emotions, category id ``k`` being the ``k``-th of :data:`MIKELS_WHEEL` (amusement,
-    contentment, awe, excitement, fear, sadness, disgust, anger; cyclic), positive =
-    amusement, awe, contentment, excitement, ``dis = 1 + steps``. ``w = 0.5`` and
+    emotions, category id ``k`` being the ``k``-th of :data:`~annotlib.data.emotions.EMOTIONS`
+    (amusement, contentment, awe, excitement, fear, sadness, disgust, anger; cyclic),
+    positive = amusement, awe, contentment, excitement, ``dis = 1 + steps``; a task sets
+    them from its dataset's category names with :meth:`set_categories`. ``w = 0.5`` and
     ``alpha1 = alpha2 = 0.2`` are assumed (PAPERS.md, P2); ``w = 0`` is softmax alone.
     """
 
@@ -261,8 +247,8 @@ class SentimentLoss(nn.Module):
             raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-        polarity = _mikels_polarity() if polarity is None else polarity
-        wheel_distance = _mikels_wheel_distance() if wheel_distance is None else wheel_distance
+        polarity = category_polarity(EMOTIONS) if polarity is None else polarity
+        wheel_distance = emotion_wheel_distance(EMOTIONS) if wheel_distance is None else wheel_distance
         self.num_classes = _check_emotions(polarity, wheel_distance)
         # Buffers follow .to(device); not persistent, so checkpoints do not depend on them.
         self.register_buffer("polarity", polarity.long(), persistent=False)
@@ -272,6 +258,17 @@ class SentimentLoss(nn.Module):
         self.alpha2 = _check_margin("alpha2", alpha2)
         self.sampling = sampling
         self.metric = metric
+
+    def set_categories(self, categories: list[str]) -> None:
+        """Polarity and wheel distances of a dataset's ``categories`` (emotion names, in its
+        category-id order). Other names (bird species) serve the softmax and triplet losses,
+        which need neither; with the sentiment constraints they are an error naming them."""
+        if not set(categories) <= set(EMOTIONS) and not (self.w > 0 and self.metric == "sentiment"):
+            self.num_classes = len(categories)
+            return
+        self.polarity = category_polarity(categories).to(self.polarity.device)
+        self.wheel_distance = emotion_wheel_distance(categories).float().to(self.wheel_distance.device)
+        self.num_classes = len(categories)
 
     def forward(
         self,

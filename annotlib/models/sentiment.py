@@ -15,6 +15,8 @@ from timm.models._features import feature_take_indices
 from torch import nn
 from torch.nn import functional as F
 
+from .base import ImageModel
+
 CLASSIFIER_INPUTS = ("sv", "pooled")
 
 
@@ -151,3 +153,42 @@ class SentimentVectorHead(nn.Module):
         return (f"in_channels={self.in_channels}, reduced_channels={self.reduced_channels}, "
                 f"embedding_dim={self.embedding_dim}, classifier_input={self.classifier_input!r},"
                 f" normalize_gram={self.normalize_gram}")
+
+
+class SentimentModel(ImageModel):
+    """P2's network: a timm CNN whose ``stages`` (timm's ``forward_intermediates`` indices:
+    an int for the last n stages, or a list) feed a :class:`SentimentVectorHead`; the
+    classifier reads the pooled final feature map (``forward_head(pre_logits=True)``), as P2
+    fine-tunes the network's own classifier. ``forward(x)`` returns ``{"embedding": SV,
+    "logits"}``; ``embed(x)`` is the SV, so t-SNE/UMAP plots show the metric space.
+    """
+
+    def __init__(self, backbone: str, num_classes: int, *, stages: int | Sequence[int] = 4,
+                 reduced_channels: int = 64, classifier_input: str = "pooled",
+                 normalize_gram: bool = True, **kwargs):
+        super().__init__(backbone, **kwargs)
+        if not hasattr(self.backbone, "forward_intermediates"):
+            raise ValueError(f"backbone {backbone!r} has no forward_intermediates; the sentiment "
+                             "head needs a timm model that returns its stage feature maps")
+        self.stages = stages if isinstance(stages, int) else list(stages)
+        self.head = SentimentVectorHead(stage_channels(self.backbone, self.stages), num_classes,
+                                        reduced_channels=reduced_channels, classifier_input=classifier_input,
+                                        pooled_channels=self.num_features, normalize_gram=normalize_gram)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        final, stages = self.backbone.forward_intermediates(x, indices=self.stages)
+        return self.head(stages, self.pool(final))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x)["embedding"]
+
+    def cam(self, x: torch.Tensor) -> torch.Tensor:
+        """Class activation maps ``B x K x h x w`` of the classifier on the pooled feature
+        (exact where the backbone pools by global averaging, as CNNs do; bias spread over
+        the grid). With ``classifier_input="sv"`` there is none: the SV is not linear in
+        the feature map."""
+        if self.head.classifier_input != "pooled":
+            raise ValueError("class activation maps need classifier_input='pooled'; this classifier reads the SV")
+        lin = self.head.classifier
+        fmap = self.features(x).float()
+        return torch.einsum("bfhw,cf->bchw", fmap, lin.weight) + lin.bias[None, :, None, None]

@@ -8,6 +8,7 @@ head, loss and notebook.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pkgutil
 from collections.abc import Callable
@@ -67,6 +68,47 @@ class Paper:
     claims: tuple[str, ...] = ()
 
 
+# What a paper notebook's parameters cell names; the rest of a config travels as ``extra``.
+NOTEBOOK_FIELDS = ("dataset", "data_root", "backbone", "weights_file", "image_size", "epochs", "batch_size",
+                   "lr", "seed", "device", "progress")
+
+
+def method_notebook_parameters(method_fields: tuple[str, ...]) -> Callable[[Run], dict]:
+    """``notebook_parameters`` for a paper whose notebook trains several methods, each
+    setting ``method_fields`` of the config itself."""
+    def parameters(run: Run) -> dict:
+        values = run.config.to_dict()
+        named = {name: values.pop(name) for name in NOTEBOOK_FIELDS}
+        for name in method_fields:
+            del values[name]
+        return {**named, **run.parameters, "extra": values}
+    return parameters
+
+
+def restrict_methods(run: Run, names: list[str]) -> Run | None:
+    """``restrict`` for a run whose ``parameters["methods"]`` lists what its notebook trains."""
+    methods = [m for m in run.parameters["methods"] if m in names]
+    return dataclasses.replace(run, parameters={**run.parameters, "methods": methods}) if methods else None
+
+
+def run_trainings(trainings: list[tuple[str, TrainConfig]], output_dir) -> list[dict]:
+    """Train and evaluate each (sub-folder, config) into ``<output_dir>/<sub-folder>/``
+    (resumable; a finished one is read back); their ``metrics.json`` contents, in order."""
+    from pathlib import Path
+
+    from ..train import run_annotation
+    return [run_annotation(cfg, Path(output_dir) / folder, variant=folder) for folder, cfg in trainings]
+
+
+def method_results(trainings: list[tuple[str, TrainConfig]], output_dir):
+    """:func:`run_trainings` of (method, config) pairs as a table: one row per method with
+    its seed and test metrics by name."""
+    import pandas as pd
+
+    return pd.DataFrame([{"method": method, "seed": cfg.seed, **metrics["test"]}
+                         for (method, cfg), metrics in zip(trainings, run_trainings(trainings, output_dir))])
+
+
 def _discover() -> dict[str, Paper]:
     papers = {}
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
@@ -90,4 +132,5 @@ def grid(profile: str, *, papers: list[str] | None = None, datasets: list[str] |
     return [run for key in (papers or PAPERS) for run in PAPERS[key].grid(profile, datasets, seeds)]
 
 
-__all__ = ["PAPERS", "PROFILES", "Paper", "Run", "grid"]
+__all__ = ["NOTEBOOK_FIELDS", "PAPERS", "PROFILES", "Paper", "Run", "grid", "method_notebook_parameters",
+           "method_results", "restrict_methods", "run_trainings"]

@@ -3,10 +3,8 @@ set, against independent binary classifiers on the same backbone."""
 
 from __future__ import annotations
 
-import dataclasses
-
 from ..train.config import TrainConfig
-from . import Paper, Run
+from . import Paper, Run, method_notebook_parameters, method_results, restrict_methods
 
 SEQUENCE = {"task": "label_sequence", "head": "cnn_rnn", "loss": "cross_entropy",
             "loss_kwargs": {"ignore_index": -1}}
@@ -61,18 +59,6 @@ def trainings(run: Run) -> list[tuple[str, TrainConfig]]:
     return [(method, p1_config(run.config.dataset, method, **fields)) for method in run.parameters["methods"]]
 
 
-NOTEBOOK_FIELDS = ("dataset", "data_root", "backbone", "weights_file", "image_size", "epochs", "batch_size",
-                   "lr", "seed", "device", "progress")
-
-
-def notebook_parameters(run: Run) -> dict:
-    values = run.config.to_dict()
-    named = {name: values.pop(name) for name in NOTEBOOK_FIELDS}
-    for name in METHOD_FIELDS:
-        del values[name]
-    return {**named, **run.parameters, "extra": values}
-
-
 def grid(profile: str, datasets: list[str] | None, seeds: list[int] | None) -> list[Run]:
     if profile == "smoke":
         base, datasets, seeds, methods = QUICK.replace(epochs=1, image_size=48), ["synthetic"], seeds or [0], \
@@ -88,11 +74,6 @@ def grid(profile: str, datasets: list[str] | None, seeds: list[int] | None) -> l
         cfg = base.replace(dataset=d, task_kwargs={"top_k": 3} if d == "coco2014" else {})
         runs += [Run("p1", f"seed{s}", cfg.replace(seed=s), {"methods": methods}) for s in seeds]
     return runs
-
-
-def restrict(run: Run, names: list[str]) -> Run | None:
-    methods = [m for m in run.parameters["methods"] if m in names]
-    return dataclasses.replace(run, parameters={**run.parameters, "methods": methods}) if methods else None
 
 
 def differences(metrics: dict) -> list[str]:
@@ -114,8 +95,8 @@ def differences(metrics: dict) -> list[str]:
 
 PAPER = Paper(
     key="p1", title="P1: CNN-RNN, label sequences decoded by beam search (Wang et al. 2016)",
-    notebook="02_cnn_rnn.ipynb", grid=grid, notebook_parameters=notebook_parameters, restrict=restrict,
-    trainings=trainings, row_keys=("method",), row=lambda metrics: {"method": metrics["variant"]},
+    notebook="02_cnn_rnn.ipynb", grid=grid, notebook_parameters=method_notebook_parameters(METHOD_FIELDS),
+    restrict=restrict_methods, trainings=trainings, row_keys=("method",), row=lambda metrics: {"method": metrics["variant"]},
     columns=("mAP", "CF1@decoded", "OF1@decoded", "N+@decoded", "CF1@0.5", "OF1@0.5", "N+@0.5"),
     reported=lambda dataset, row: REPORTED.get(dataset, {}) if row.get("method") == "cnn_rnn" else {},
     differences=differences,
@@ -127,17 +108,7 @@ def run_methods(dataset: str, methods, output_dir, **fields):
     """Train and evaluate each of ``methods`` (keys of :data:`METHODS`) into
     ``<output_dir>/<method>/`` (resumable; a finished one is read back). Returns one row per
     method: method, seed and the test metrics by name."""
-    from pathlib import Path
-
-    import pandas as pd
-
-    from ..train import run_annotation
-    rows = []
-    for method in methods:
-        cfg = p1_config(dataset, method, **fields)
-        metrics = run_annotation(cfg, Path(output_dir) / method, variant=method)
-        rows.append({"method": method, "seed": cfg.seed, **metrics["test"]})
-    return pd.DataFrame(rows)
+    return method_results([(method, p1_config(dataset, method, **fields)) for method in methods], output_dir)
 
 
 def beam_ablation(run, beams=(1, 3, 5)):

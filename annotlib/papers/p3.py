@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pandas as pd
 
 from ..train.config import TrainConfig
-from . import Paper, Run
+from . import Paper, Run, method_notebook_parameters, restrict_methods, run_trainings
 from .p0 import QUICK as P0_QUICK
 
 # Each method P3 compares, as the loss and curriculum rounds it sets. Every method keeps the
@@ -84,12 +83,10 @@ def run_partial_labels(dataset: str, proportions, methods, output_dir: str | Pat
     """Train and evaluate every (proportion, method) of P3 into
     ``<output_dir>/p<proportion>/<method>/`` (each resumable, a finished one only read back).
     Returns one row per pair: proportion, method, seed and the test metrics by name."""
-    from ..train import run_annotation
-    rows = []
-    for p, method, cfg in p3_sweep(dataset, proportions, methods, **fields):
-        metrics = run_annotation(cfg, Path(output_dir) / p3_variant(p, method), variant=p3_variant(p, method))
-        rows.append({"proportion": p, "method": method, "seed": cfg.seed, **metrics["test"]})
-    return pd.DataFrame(rows)
+    sweep = p3_sweep(dataset, proportions, methods, **fields)
+    trained = run_trainings([(p3_variant(p, method), cfg) for p, method, cfg in sweep], output_dir)
+    return pd.DataFrame([{"proportion": p, "method": method, "seed": cfg.seed, **metrics["test"]}
+                         for (p, method, cfg), metrics in zip(sweep, trained)])
 
 
 def sweep_table(results: pd.DataFrame, metrics=("mAP", "CF1@0.5", "CF1@tuned")) -> pd.DataFrame:
@@ -106,18 +103,6 @@ def trainings(run: Run) -> list[tuple[str, TrainConfig]]:
     return [(p3_variant(p, method), cfg) for p, method, cfg in sweep]
 
 
-NOTEBOOK_FIELDS = ("dataset", "data_root", "backbone", "weights_file", "image_size", "epochs", "batch_size",
-                   "lr", "seed", "device", "progress")
-
-
-def notebook_parameters(run: Run) -> dict:
-    values = run.config.to_dict()
-    named = {name: values.pop(name) for name in NOTEBOOK_FIELDS}
-    for name in ("loss", "loss_kwargs"):  # each method sets them
-        del values[name]
-    return {**named, **run.parameters, "extra": values}
-
-
 def grid(profile: str, datasets: list[str] | None, seeds: list[int] | None) -> list[Run]:
     if profile == "smoke":
         base, datasets, seeds = QUICK.replace(epochs=1, image_size=48), ["synthetic"], seeds or [0]
@@ -131,11 +116,6 @@ def grid(profile: str, datasets: list[str] | None, seeds: list[int] | None) -> l
     return [Run("p3", f"seed{s}", base.replace(dataset=d, seed=s),
                 {"proportions": list(proportions), "methods": list(methods)})
             for d in datasets for s in seeds]
-
-
-def restrict(run: Run, names: list[str]) -> Run | None:
-    methods = [m for m in run.parameters["methods"] if m in names]
-    return dataclasses.replace(run, parameters={**run.parameters, "methods": methods}) if methods else None
 
 
 def row(metrics: dict) -> dict:
@@ -159,7 +139,8 @@ def differences(metrics: dict) -> list[str]:
 
 PAPER = Paper(
     key="p3", title="P3: multi-label learning from partial labels (Durand, Mehrasa & Mori 2019)",
-    notebook="04_partial_labels.ipynb", grid=grid, notebook_parameters=notebook_parameters,
-    restrict=restrict, trainings=trainings, row_keys=("method", "p"), row=row, columns=("mAP", "CF1@0.5", "CF1@tuned"),
+    notebook="04_partial_labels.ipynb", grid=grid,
+    notebook_parameters=method_notebook_parameters(("loss", "loss_kwargs")), restrict=restrict_methods,
+    trainings=trainings, row_keys=("method", "p"), row=row, columns=("mAP", "CF1@0.5", "CF1@tuned"),
     reported=lambda dataset, row: {}, differences=differences, claims=(CLAIM,),
 )

@@ -13,6 +13,7 @@ from annotlib.losses import (
     AsymmetricLoss,
     BCELoss,
     FocalLoss,
+    JointCaptionLoss,
     KnownLabelsBCELoss,
     PartialBCELoss,
     SentimentLoss,
@@ -271,7 +272,8 @@ def test_create_loss_by_name_and_kwargs():
                       "unsymmetric": UnsymmetricLoss, "partial_bce": PartialBCELoss,
                       "bce_known": KnownLabelsBCELoss,
                       "bce_unknown_negative": UnknownAsNegativeBCELoss,
-                      "cross_entropy": torch.nn.CrossEntropyLoss, "sentiment": SentimentLoss}
+                      "cross_entropy": torch.nn.CrossEntropyLoss, "sentiment": SentimentLoss,
+                      "joint_caption": JointCaptionLoss}
     for name, cls in LOSSES.items():
         assert type(create_loss(name)) is cls
     focal = create_loss("focal", gamma_pos=2.0, gamma_neg=1.0)

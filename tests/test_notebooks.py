@@ -38,3 +38,23 @@ def test_datasets_notebook_runs_and_saves_its_figures(tmp_path):
     summary = next(o for c in executed["cells"] if c["cell_type"] == "code" for o in c["outputs"]
                    if "text/html" in o.get("data", {}))
     assert "train" in "".join(summary["data"]["text/html"]) and "test" in "".join(summary["data"]["text/html"])
+
+
+@pytest.mark.slow
+def test_cam_captioning_notebook_trains_p4s_methods_and_draws_its_figures(tmp_path, monkeypatch):
+    # The kernel's many small decoder ops ran far slower with two threads on two busy cores.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    root = generate_synthetic(tmp_path / "synthetic", num_images=80, image_size=48, seed=3)
+    out = tmp_path / "p4"
+    papermill.execute_notebook(
+        str(NOTEBOOKS / "05_cam_captioning.ipynb"), str(tmp_path / "executed.ipynb"),
+        parameters={"dataset": "synthetic", "data_root": str(root), "image_size": 48, "epochs": 1, "batch_size": 16,
+                    "output_dir": str(out), "progress": False, "device": "cpu", "projections": ["tsne"],
+                    "grid_images": 4, "attention_images": 2,
+                    "extra": {"task_kwargs": {"min_count": 2, "max_length": 10}}},
+        kernel_name="python3", progress_bar=False, cwd=str(NOTEBOOKS))
+    for name in ("captions", "attention_joint_dis", "attention_joint", "embeddings"):
+        assert (out / f"{name}.png").stat().st_size > 1000
+    results = (out / "results.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in results[1:]] == ["joint_dis", "joint", "captioner", "classifier"]
+    assert "pointing_game_attention" in results[0] and "METEOR" in results[0]

@@ -41,12 +41,18 @@ def test_smoke_profile_executes_the_notebooks_and_writes_the_report(tmp_path, ca
     sweep = profile / "runs" / "p3" / "synthetic" / "seed0"
     assert reproduce.finished(sweep / "04_partial_labels.ipynb") and (sweep / "map_vs_proportion.png").exists()
     assert "| partial_bce | 0.1 | " in results and len(list(sweep.glob("p*/*/metrics.json"))) == 4
+    p2 = profile / "runs" / "p2" / "synthetic" / "seed0"
+    assert reproduce.finished(p2 / "03_affective.ipynb") and (p2 / "retrieval.png").exists()
+    assert read_json(p2 / "sentiment" / "metrics.json")["task"] == "metric_learning" and "| softmax | " in results
+    p4 = profile / "runs" / "p4" / "synthetic" / "seed0"
+    assert reproduce.finished(p4 / "05_cam_captioning.ipynb") and (p4 / "captions.png").exists()
+    assert "CIDEr-D" in read_json(p4 / "joint_dis" / "metrics.json")["test"] and "| classifier | " in results
 
     mtime = (profile / "runs/p0/synthetic/bce-seed0/01_unsymmetric_loss.ipynb").stat().st_mtime_ns
     capsys.readouterr()
     assert reproduce.main(["--profile", "smoke", "--reports", str(tmp_path), "--no-progress",
                            "--device", "cpu"]) == 0
-    assert capsys.readouterr().out.count("finished before, skipped") == 4  # P0's two runs, P1's and P3's
+    assert capsys.readouterr().out.count("finished before, skipped") == 6  # P0's two runs, P1's to P4's
     assert (profile / "runs/p0/synthetic/bce-seed0/01_unsymmetric_loss.ipynb").stat().st_mtime_ns == mtime
 
     # Another config into the same folders is refused by name, never reported as the old numbers.
@@ -54,8 +60,8 @@ def test_smoke_profile_executes_the_notebooks_and_writes_the_report(tmp_path, ca
     assert reproduce.main(["--profile", "smoke", "--reports", str(tmp_path), "--no-progress",
                            "--device", "cpu", "--set", "epochs=2"]) == 1
     out, err = capsys.readouterr()
-    assert "finished before" not in out and out.count(": refused: ") == 4
-    assert err.count("holds another config (epochs: 2 vs 1") == 2 + 2 + 4  # every training folder named
+    assert "finished before" not in out and out.count(": refused: ") == 6
+    assert err.count("holds another config (epochs: 2 vs 1") == 2 + 2 + 2 + 4 + 2  # every training folder named
 
 
 def test_a_failed_run_does_not_stop_the_others_and_is_listed(tmp_path, monkeypatch, capsys):
@@ -69,7 +75,8 @@ def test_a_failed_run_does_not_stop_the_others_and_is_listed(tmp_path, monkeypat
     monkeypatch.setattr(reproduce, "execute", fake_execute)
     assert reproduce.main(["--profile", "smoke", "--reports", str(tmp_path)]) == 1
     assert [p.parent.name for p in executed[:2]] == ["bce-seed0", "unsymmetric-seed0"]
-    assert [p.name for p in executed[2:]] == ["02_cnn_rnn.ipynb", "04_partial_labels.ipynb", "99_report.ipynb"]
+    assert [p.name for p in executed[2:]] == ["02_cnn_rnn.ipynb", "03_affective.ipynb", "04_partial_labels.ipynb",
+                                              "05_cam_captioning.ipynb", "99_report.ipynb"]
     err = capsys.readouterr().err
     assert "1 notebook(s) failed" in err and "bce-seed0/01_unsymmetric_loss.ipynb: RuntimeError: at the end" in err
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from .aia import read_aia
 from .batches import DeviceBatches
 from .cache import cached_images, channel_stats
+from .captions import read_cub, read_flickr8k, read_flickr8k_concepts, read_flowers
 from .coco import read_coco
 from .folders import FOLDER_DATASETS
 from .labels import DataError, Split, carve_validation
@@ -45,6 +46,16 @@ DATASETS: dict[str, DatasetInfo] = {
     "coco2014": DatasetInfo("COCO2014", partial(read_coco, dataset="coco2014")),
     "nus-wide": DatasetInfo("NUS-WIDE", partial(read_nuswide, dataset="nus-wide")),
 }
+# P4's caption sets. Flickr8k's official dev list is "val"; flickr8k-concepts mines its
+# concept classes from the official training captions whichever split is read; CUB has no
+# official validation split, so "val" is carved from its training images.
+DATASETS.update({
+    "flickr8k": DatasetInfo("Flickr8k", partial(read_flickr8k, dataset="flickr8k"), ("train", "val", "test")),
+    "flickr8k-concepts": DatasetInfo("Flickr8k", partial(read_flickr8k_concepts, dataset="flickr8k-concepts"),
+                                     ("train", "val", "test")),
+    "cub": DatasetInfo("CUB_200_2011", partial(read_cub, dataset="cub")),
+    "flowers": DatasetInfo("Flowers102", partial(read_flowers, dataset="flowers"), ("train", "val", "test")),
+})
 # the affective sets of P2, one folder per emotion
 DATASETS.update({name: DatasetInfo(*entry) for name, entry in FOLDER_DATASETS.items()})
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from .asl import AsymmetricLoss, asymmetric_loss
 from .bce import BCELoss, KnownLabelsBCELoss, UnknownAsNegativeBCELoss, bce_loss
+from .disagreement import JointCaptionLoss
 from .focal import FocalLoss, focal_loss
 from .partial_bce import PartialBCELoss, partial_bce_loss
 from .sentiment import SentimentLoss
@@ -37,6 +38,8 @@ LOSSES: dict[str, type[nn.Module]] = {
     "cross_entropy": nn.CrossEntropyLoss,
     # P2: softmax with sentiment constraints or a triplet loss on an embedding
     "sentiment": SentimentLoss,
+    # P4: classification + captioning + the CAM disagreement, on terms the task computes
+    "joint_caption": JointCaptionLoss,
 }
 
 
@@ -54,6 +57,7 @@ __all__ = [
     "AsymmetricLoss",
     "BCELoss",
     "FocalLoss",
+    "JointCaptionLoss",
     "KnownLabelsBCELoss",
     "PartialBCELoss",
     "SentimentLoss",

@@ -148,22 +148,28 @@ def disagreement_loss(attention: torch.Tensor, cam: torch.Tensor, divergence: st
 
 
 class JointCaptionLoss(nn.Module):
-    """P4's total loss ``L = L_cls + lambda_cap * L_cap + lambda_dis * L_dis``.
+    """P4's total loss ``L = lambda_cls * L_cls + lambda_cap * L_cap + lambda_dis * L_dis``.
 
     ``L_cls`` and ``L_cap`` come computed (e.g. cross-entropy and
     :meth:`AttentionCaptioner.caption_loss`); ``L_dis`` is :func:`disagreement_loss` of the
     pooled attention and the CAM, with this module's options. ``lambda_cap=1.0`` and
-    ``lambda_dis=0.1`` are assumed (PAPERS.md, P4).
+    ``lambda_dis=0.1`` are assumed (PAPERS.md, P4); ``lambda_cls=1.0`` is P4's sum, and 0
+    gives the captioner-only baseline (with ``lambda_dis=0``), as ``lambda_cap=0,
+    lambda_dis=0`` gives the classifier-only one. A term of weight 0 is still computed and
+    multiplied by 0, so that every parameter gets a (zero) gradient, as
+    DistributedDataParallel requires.
     """
 
     def __init__(self, lambda_cap: float = 1.0, lambda_dis: float = 0.1, *,
-                 divergence: str = "kl", direction: str = "attention||cam",
-                 cam_normalisation: str = "softmax", eps: float = 1e-8):
+                 lambda_cls: float = 1.0, divergence: str = "kl",
+                 direction: str = "attention||cam", cam_normalisation: str = "softmax",
+                 eps: float = 1e-8):
         super().__init__()
-        for name, value in (("lambda_cap", lambda_cap), ("lambda_dis", lambda_dis)):
+        for name, value in (("lambda_cls", lambda_cls), ("lambda_cap", lambda_cap),
+                            ("lambda_dis", lambda_dis)):
             if not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
-        self.lambda_cap, self.lambda_dis = lambda_cap, lambda_dis
+        self.lambda_cls, self.lambda_cap, self.lambda_dis = lambda_cls, lambda_cap, lambda_dis
         # Bad options fail here, not at the first training step.
         _check_options(divergence, direction, cam_normalisation, eps)
         self.options = {"divergence": divergence, "direction": direction,
@@ -173,4 +179,5 @@ class JointCaptionLoss(nn.Module):
                 attention: torch.Tensor, cam: torch.Tensor) -> torch.Tensor:
         """``attention`` ``B x N`` (or ``B x H x W``) and ``cam`` ``B x H x W``."""
         dis = disagreement_loss(attention, cam, **self.options)
-        return cls_loss.float() + self.lambda_cap * caption_loss.float() + self.lambda_dis * dis
+        return (self.lambda_cls * cls_loss.float() + self.lambda_cap * caption_loss.float()
+                + self.lambda_dis * dis)

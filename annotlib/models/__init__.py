@@ -11,11 +11,13 @@ from .annotator import Annotator
 from .backbone import WeightsError, create_backbone
 from .base import ImageModel
 from .cnn_rnn import CNNRNN
+from .joint import CamCaptioner
 from .sentiment import SentimentModel
 
 HEADS: dict[str, type[ImageModel]] = {
     "multilabel": Annotator,
     "cnn_rnn": CNNRNN,
+    "cam_captioner": CamCaptioner,
     "sentiment": SentimentModel,
 }
 
@@ -32,4 +34,4 @@ def create_model(head: str, backbone: str, *, weights_file=None, pretrained: boo
                freeze_backbone=freeze_backbone, **kwargs)
 
 
-__all__ = ["CNNRNN", "HEADS", "Annotator", "ImageModel", "SentimentModel", "WeightsError", "create_backbone", "create_model"]
+__all__ = ["CNNRNN", "HEADS", "Annotator", "CamCaptioner", "ImageModel", "SentimentModel", "WeightsError", "create_backbone", "create_model"]

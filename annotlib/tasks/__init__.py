@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ..losses import create_loss
 from .base import Outputs, Task
+from .captioning import CaptioningTask
 from .label_sequence import LabelSequenceTask
 from .metric_learning import MetricLearningTask
 from .multilabel import MultiLabelTask
@@ -13,6 +14,7 @@ TASKS: dict[str, type[Task]] = {
     "multilabel": MultiLabelTask,
     "label_sequence": LabelSequenceTask,
     "metric_learning": MetricLearningTask,
+    "captioning": CaptioningTask,
 }
 
 
@@ -28,4 +30,4 @@ def create_task(name: str, loss: str, loss_kwargs: dict | None = None, **task_kw
         raise ValueError(f"task {name!r} or loss {loss!r}: {err}") from None
 
 
-__all__ = ["TASKS", "LabelSequenceTask", "MetricLearningTask", "MultiLabelTask", "Outputs", "Task", "create_task"]
+__all__ = ["TASKS", "CaptioningTask", "LabelSequenceTask", "MetricLearningTask", "MultiLabelTask", "Outputs", "Task", "create_task"]

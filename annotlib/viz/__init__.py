@@ -7,7 +7,7 @@ torch tensors or numpy arrays. This package reads results and never imports
 ``annotlib.train``.
 """
 
-from .cam import class_activation_maps, overlay, plot_cams
+from .cam import class_activation_maps, decoded_step_cams, overlay, plot_cams
 from .curves import plot_f1_vs_frequency, plot_history, plot_metric_vs_proportion
 from .datasets import dataset_summary, plot_cooccurrence, plot_image_grid, plot_label_frequency
 from .embeddings import plot_embedding, project_2d
@@ -15,6 +15,7 @@ from .embeddings import plot_embedding, project_2d
 __all__ = [
     "class_activation_maps",
     "dataset_summary",
+    "decoded_step_cams",
     "overlay",
     "plot_cams",
     "plot_cooccurrence",

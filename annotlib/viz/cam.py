@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
@@ -9,6 +12,32 @@ import torch
 import torch.nn.functional as F
 
 from .embeddings import to_numpy
+
+
+@contextmanager
+def _evaluating(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode inside (dropout and batch-norm statistics must not change the maps), every
+    submodule's own mode back after, even one that differed from its parent's."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _upsample_and_normalise(maps: torch.Tensor, size) -> torch.Tensor:
+    """``maps [B, K, h, w]`` upsampled bilinearly to ``size`` and min-max normalised one by
+    one (a constant map becomes all 0): float32 on the CPU."""
+    maps = maps.float()
+    # A constant map is told apart before upsampling, where rounding cannot blur it.
+    flat = maps.amax((2, 3)) == maps.amin((2, 3))
+    heat = F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)
+    low, high = heat.amin((2, 3), keepdim=True), heat.amax((2, 3), keepdim=True)
+    heat = (heat - low) / (high - low).clamp_min(torch.finfo(heat.dtype).tiny)
+    heat[flat] = 0.0
+    return heat.cpu()
 
 
 @torch.no_grad()
@@ -30,27 +59,81 @@ def class_activation_maps(model: torch.nn.Module, images, class_ids) -> torch.Te
         raise ValueError(f"class_ids must be [B={images.shape[0]}, K], "
                          f"got shape {tuple(class_ids.shape)}")
     device = next((p.device for p in model.parameters()), images.device)
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
+    with _evaluating(model):
         maps = model.cam(images.to(device))
-    finally:
-        for module, training in modes:
-            module.training = training
     num_classes = maps.shape[1]
     if class_ids.numel() and (class_ids.min() < 0 or class_ids.max() >= num_classes):
         raise ValueError(f"class_ids must lie in [0, {num_classes}), got "
                          f"{class_ids.min().item()}..{class_ids.max().item()}")
     h, w = maps.shape[2:]
     index = class_ids.to(maps.device)[:, :, None, None].expand(-1, -1, h, w)
-    picked = maps.gather(1, index).float()
-    # A constant map is told apart before upsampling, where rounding cannot blur it.
-    flat = picked.amax((2, 3)) == picked.amin((2, 3))
-    heat = F.interpolate(picked, size=images.shape[2:], mode="bilinear", align_corners=False)
-    low, high = heat.amin((2, 3), keepdim=True), heat.amax((2, 3), keepdim=True)
-    heat = (heat - low) / (high - low).clamp_min(torch.finfo(heat.dtype).tiny)
-    heat[flat] = 0.0
-    return heat.cpu()
+    return _upsample_and_normalise(maps.gather(1, index), images.shape[2:])
+
+
+def decoded_step_cams(model: torch.nn.Module, images,
+                      sequences) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grad-CAM of each decoded label at the step that emitted it, for a ``CNNRNN``.
+
+    ``images [B, 3, H, W]`` are normalised as the model expects; ``sequences [B, T]`` are
+    decoded label sequences (``model.decode(...).sequences``: labels ``0 .. C-1``, then PAD;
+    END is accepted too). Step ``t`` of image ``b`` holds a label when it and every step
+    before it do: whatever follows the first END or PAD is ignored, as the teacher-forced
+    history of a later step would no longer be the decoded prefix.
+
+    For such a step, the target is the step-``t`` logit of the label emitted there, from the
+    teacher-forced ``model(x, sequence)`` along the decoded path, so that the step's input
+    history is the decoded prefix. With ``F`` the backbone's last feature map
+    (``model.features``), the map is ``ReLU(sum_c w_c F_c)``, ``w_c`` the mean over the grid
+    of ``d logit / d F_c`` (Grad-CAM), upsampled and normalised as in
+    :func:`class_activation_maps`. The features are computed once and detached, so only
+    they receive gradients: one ``torch.autograd.grad`` per step index, over the whole batch
+    (images do not interact in eval mode), and no ``.grad`` is left on the model. Runs in
+    eval mode and puts every submodule back in the mode it was in.
+
+    Returns float32 maps ``[B, T, H, W]`` on the CPU (0 where a step holds no label) and the
+    ``[B, T]`` bool mask of the steps that hold one.
+    """
+    images = torch.as_tensor(images)
+    sequences = torch.as_tensor(sequences)
+    if images.ndim != 4:
+        raise ValueError(f"images must be [B, 3, H, W], got shape {tuple(images.shape)}")
+    if (sequences.ndim != 2 or sequences.shape[0] != images.shape[0]
+            or sequences.dtype.is_floating_point or sequences.dtype == torch.bool):
+        raise ValueError(f"sequences must be integer [B={images.shape[0]}, T], "
+                         f"got {sequences.dtype} of shape {tuple(sequences.shape)}")
+    num_classes = model.head.num_classes
+    sequences = sequences.long()
+    if sequences.numel() and (sequences.min() < -1 or sequences.max() > num_classes):
+        raise ValueError(f"sequences must lie in [-1 (PAD), {num_classes} (END)], got "
+                         f"{sequences.min().item()}..{sequences.max().item()}")
+    batch, steps = sequences.shape
+    mask = ((sequences >= 0) & (sequences < num_classes)).long().cumprod(dim=1).bool()
+    device = next((p.device for p in model.parameters()), images.device)
+    images, on_device = images.to(device), sequences.to(device)
+    with _evaluating(model), torch.enable_grad():
+        # Only the feature map is differentiated: the backbone's graph is not needed.
+        with torch.no_grad():
+            features = model.features(images)
+        if features.ndim != 4:
+            raise ValueError(f"Grad-CAM needs a [B, C, h, w] feature map, got shape "
+                             f"{tuple(features.shape)} from model.features")
+        features = features.detach().requires_grad_()
+        pooled = model.pool(features)
+        # The head as CNNRNN.forward runs it: fp32, outside any autocast.
+        with torch.autocast(device.type, enabled=False):
+            logits = model.head(pooled, on_device)
+        emitted = logits.gather(2, on_device.clamp(min=0)[..., None])[..., 0]
+        grid = features.float().detach()
+        low_res = grid.new_zeros(batch, steps, *grid.shape[2:])
+        active = [t for t in range(steps) if mask[:, t].any()]
+        for i, t in enumerate(active):
+            # A sum over images: each image's logit depends on its own features alone.
+            target = emitted[:, t][mask[:, t].to(device)].sum()
+            (grad,) = torch.autograd.grad(target, features, retain_graph=i < len(active) - 1)
+            weights = grad.float().mean((2, 3), keepdim=True)
+            low_res[:, t] = (weights * grid).sum(1).relu()
+    low_res[~mask.to(device)] = 0.0
+    return _upsample_and_normalise(low_res, images.shape[2:]), mask
 
 
 def overlay(image, heat, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:

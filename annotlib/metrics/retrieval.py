@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -35,10 +36,19 @@ if sys.byteorder != "little":  # that byte is read back as byte 0 of each int64 
 
 def _sorted_keys(bits: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
     """Per row, the int64 keys ``bits << 32 | low``, sorted (all distinct, so stability is moot)."""
-    if bits.device.type == "cpu":  # NumPy builds and sorts them about 2x and 4x faster on CPU
-        keys = np.left_shift(bits.numpy(), 32, dtype=np.int64)
-        np.bitwise_or(keys, low.numpy(), out=keys)
-        keys.sort(axis=1)
+    if bits.device.type == "cpu":
+        # NumPy builds and sorts them about 2x and 4x faster than torch on CPU, but on one
+        # thread: row blocks go to torch's thread count (NumPy releases the GIL meanwhile)
+        high, keys = bits.numpy(), np.empty(tuple(bits.shape), np.int64)
+
+        def fill(rows: slice) -> None:
+            np.left_shift(high[rows], 32, out=keys[rows], dtype=np.int64)
+            np.bitwise_or(keys[rows], low.numpy(), out=keys[rows])
+            keys[rows].sort(axis=1)
+
+        bounds = np.linspace(0, len(keys), min(torch.get_num_threads(), len(keys)) + 1).astype(int)
+        with ThreadPoolExecutor(len(bounds) - 1) as pool:
+            list(pool.map(fill, [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]))
         return torch.from_numpy(keys)
     return (bits.long() << 32 | low).sort(dim=1).values
 

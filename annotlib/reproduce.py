@@ -122,6 +122,42 @@ def select(runs: list[Run], names: list[str]) -> list[Run]:
     return [run for run in kept if run is not None]
 
 
+def preflight(runs: list[Run]) -> list[str]:
+    """What the runs need and cannot find, one line each: every dataset's annotations and
+    images (the splits each training reads) and every weights file."""
+    from .data import DataError, dataset_root, load_split
+
+    problems, seen = [], set()
+    for run in runs:
+        for _, cfg in PAPERS[run.paper].trainings(run):
+            if cfg.weights_file and cfg.weights_file not in seen:
+                seen.add(cfg.weights_file)
+                if not Path(cfg.weights_file).is_file():
+                    problems.append(f"weights_file {cfg.weights_file}: no such file")
+            if cfg.dataset == "synthetic" or (cfg.dataset, cfg.data_root, cfg.test_split) in seen:
+                continue  # the synthetic set is generated on first use
+            seen.add((cfg.dataset, cfg.data_root, cfg.test_split))
+            try:
+                root = dataset_root(cfg.dataset, cfg.data_root)
+            except DataError as err:
+                problems.append(str(err))
+                continue
+            if not root.is_dir():
+                problems.append(f"{cfg.dataset}: no folder {root}")
+                continue
+            for split in dict.fromkeys(("train", "val", cfg.test_split)):
+                try:
+                    data = load_split(cfg.dataset, split, root, val_fraction=cfg.val_fraction)
+                except (DataError, OSError) as err:
+                    problems.append(f"{cfg.dataset} {split}: {err}")
+                    continue
+                missing = [p for p in data.image_paths if not Path(p).is_file()]
+                if missing:
+                    problems.append(f"{cfg.dataset} {split}: {len(missing)} of {len(data)} image files "
+                                    f"missing, e.g. {missing[0]}")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="run_all.sh", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -134,12 +170,12 @@ def main(argv: list[str] | None = None) -> int:
                                             "(default: $ANNOTLIB_DATA_ROOT)")
     parser.add_argument("--reports", default="reports", help="output folder (default: reports)")
     parser.add_argument("--datasets", nargs="+",
-                        help="run the paper profile's papers on these datasets instead of their own")
+                        help="paper profile: run its papers on these datasets instead of their own")
     parser.add_argument("--papers", nargs="+", choices=sorted(PAPERS),
                         help="restrict the grid to these papers")
     parser.add_argument("--losses", nargs="+",
-                        help="restrict the grid to these losses (P0) and methods (P3: partial_bce, "
-                             "known_only, unknown_negative, curriculum)")
+                        help="restrict the grid to these losses or methods (" + "; ".join(
+                            f"{key}: {', '.join(paper.methods)}" for key, paper in PAPERS.items()) + ")")
     parser.add_argument("--seeds", nargs="+", type=int,
                         help="seeds to run (default: the profile's); several give mean ± std in the report")
     parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
@@ -152,18 +188,43 @@ def main(argv: list[str] | None = None) -> int:
                         help="train each run data-parallel on N GPUs (torchrun) before its notebook "
                              "draws the figures (default: 1, training inside the notebook)")
     args = parser.parse_args(argv)
+    # Every option acts or is refused before anything runs.
+    if args.profile != "paper":
+        for option, value in (("--datasets", args.datasets), ("--data-root", args.data_root)):
+            if value:
+                parser.error(f"{option} applies to the paper profile only ({args.profile} runs on the "
+                             "generated synthetic set)")
     if args.data_root:
+        if not Path(args.data_root).is_dir():
+            parser.error(f"--data-root {args.data_root}: not a directory")
         os.environ["ANNOTLIB_DATA_ROOT"] = str(Path(args.data_root).resolve())
 
     out = Path(args.reports) / args.profile
     try:
         overrides = {**parse_overrides(args.set), "device": args.device, "progress": not args.no_progress}
+        # The notebooks run in their own folder: paths given here are read from here.
+        for name in ("weights_file", "data_root"):
+            if isinstance(overrides.get(name), str):
+                overrides[name] = str(Path(overrides[name]).resolve())
+        runs = [dataclasses.replace(run, config=run.config.replace(**overrides))
+                for run in grid(args.profile, papers=args.papers, datasets=args.datasets, seeds=args.seeds)]
     except ValueError as err:
-        parser.error(f"--set {err}")
-    runs = [dataclasses.replace(run, config=run.config.replace(**overrides))
-            for run in grid(args.profile, papers=args.papers, datasets=args.datasets, seeds=args.seeds)]
+        parser.error(f"--set {err}" if args.set else str(err))
     if args.losses:
+        idle = [name for name in args.losses if not select(runs, [name])]
+        if idle:
+            known = "; ".join(f"{run.paper}: {', '.join(PAPERS[run.paper].methods)}"
+                              for run in {run.paper: run for run in runs}.values())
+            parser.error(f"--losses {' '.join(idle)}: selects no run of this grid (its losses and "
+                         f"methods: {known})")
         runs = select(runs, args.losses)
+    missing = preflight(runs)
+    if missing:
+        print(f"{len(missing)} thing(s) the {args.profile} profile needs are missing; nothing was run:",
+              file=sys.stderr)
+        for line in missing:
+            print(f"  {line}", file=sys.stderr)
+        return 2
     failures = run_grid(runs, out, PROJECTIONS[args.profile], args.nproc_per_node)
     report = out / REPORT_NOTEBOOK
     try:

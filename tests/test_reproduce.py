@@ -145,3 +145,53 @@ def test_a_metrics_file_without_schema_is_named(tmp_path):
     path.write_text('{"test": {"mAP": 0.3}}')
     with pytest.raises(ValueError, match=r"old/metrics\.json: written before metrics\.json had a schema"):
         collect_results(tmp_path)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--datasets", "corel-5k"], "--datasets applies to the paper profile only"),
+    (["--profile", "smoke", "--data-root", "."], "--data-root applies to the paper profile only"),
+    (["--profile", "paper", "--data-root", "/nonexistent-annotlib-root"], "not a directory"),
+    (["--losses", "nosuch", "bce"], "--losses nosuch: selects no run of this grid"),
+    (["--papers", "p2", "--losses", "bce"],
+     "--losses bce: selects no run of this grid (its losses and methods: p2: sentiment, softmax, triplet)"),
+    (["--set", "epochs=2", "nosuchfield=1"], "--set 'nosuchfield=1': expected FIELD=VALUE"),
+])
+def test_options_that_select_nothing_or_do_not_apply_are_refused_before_anything_runs(
+        argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(reproduce, "execute", lambda *a: pytest.fail("a notebook ran"))
+    with pytest.raises(SystemExit) as exit_:
+        reproduce.main([*argv, "--reports", str(tmp_path / "reports")])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "reports").exists()
+
+
+def test_paper_profile_lists_every_missing_dataset_and_weights_file_before_any_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(reproduce, "execute", lambda *a: pytest.fail("a notebook ran"))
+    (tmp_path / "data" / "Corel-5k").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert reproduce.main(["--profile", "paper", "--papers", "p0", "p2", "--data-root", "data", "--reports", "out",
+                           "--set", "weights_file=w.safetensors"]) == 2
+    err = capsys.readouterr().err
+    expected = [f"weights_file {tmp_path / 'w.safetensors'}: no such file",  # read from the caller's folder
+                f"corel-5k train: {tmp_path / 'data/Corel-5k/train.json'}: annotation file not found",
+                "corel-5k val: ", "corel-5k test: ", "iapr-tc-12: no folder", "esp-game: no folder", "fi: no folder",
+                "iapsa: no folder", "artphoto: no folder", "abstract: no folder"]
+    assert f"{len(expected)} thing(s) the paper profile needs are missing; nothing was run" in err
+    assert all(line in err for line in expected) and not (tmp_path / "out").exists()
+
+
+def test_preflight_passes_a_dataset_in_its_real_layout_and_names_missing_images(tmp_path):
+    from annotlib.papers import Run
+    from annotlib.papers.p0 import p0_config
+    root = tmp_path / "Corel-5k"
+    (root / "images").mkdir(parents=True)
+    for split, names in (("train", ["a.jpeg", "b.jpeg"]), ("test", ["c.jpeg"])):
+        (root / f"{split}.json").write_text(json.dumps({"samples": [
+            {"image_name": n, "image_labels": ["sky"]} for n in names], "labels": ["sky", "sea"]}))
+    for name in ("a.jpeg", "c.jpeg"):
+        (root / "images" / name).write_bytes(b"")
+    run = Run("p0", "bce-seed1", p0_config("corel-5k", "bce", data_root=str(root), val_fraction=0.5))
+    assert [line.split(": ", 1)[1] for line in reproduce.preflight([run])] == \
+        [f"1 of 1 image files missing, e.g. {root / 'images/b.jpeg'}"]
+    (root / "images" / "b.jpeg").write_bytes(b"")
+    assert reproduce.preflight([run]) == []

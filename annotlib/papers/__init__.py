@@ -46,6 +46,7 @@ class Paper:
     - ``trainings(run)``: (sub-folder, config) of every training its notebook does;
     - ``notebook_parameters(run)``: the papermill parameters that make the notebook run it;
     - ``restrict(run, names)``: the run limited to the losses/methods ``names``, or None;
+      ``methods`` names them all (what ``--losses`` may select);
     - ``row(metrics)``: the values of its ``row_keys``, which tell its results-table rows
       apart (``{"loss": "bce"}``);
     - ``columns``: the test metrics its table shows; ``reported(dataset, row)`` the paper's
@@ -59,6 +60,7 @@ class Paper:
     grid: Callable[[str, list | None, list | None], list[Run]]
     notebook_parameters: Callable[[Run], dict]
     restrict: Callable[[Run, list[str]], Run | None]
+    methods: tuple[str, ...]
     row_keys: tuple[str, ...]
     row: Callable[[dict], dict]
     columns: tuple[str, ...]

@@ -125,7 +125,7 @@ def differences(metrics: dict) -> list[str]:
 PAPER = Paper(
     key="p0", title="P0: unsymmetrical loss with per-label MCC thresholds (Salar & Ahmadi 2023)",
     notebook="01_unsymmetric_loss.ipynb", grid=grid, notebook_parameters=notebook_parameters,
-    restrict=restrict, row_keys=("loss",), row=lambda metrics: {"loss": metrics["loss"]},
+    restrict=restrict, methods=tuple(LOSSES), row_keys=("loss",), row=lambda metrics: {"loss": metrics["loss"]},
     columns=("CP@0.5", "CR@0.5", "CF1@0.5", "N+@0.5", "CP@tuned", "CR@tuned", "CF1@tuned", "N+@tuned",
              "OF1@0.5", "OF1@tuned", "mAP"),
     reported=reported, differences=differences,

@@ -96,7 +96,7 @@ def differences(metrics: dict) -> list[str]:
 PAPER = Paper(
     key="p1", title="P1: CNN-RNN, label sequences decoded by beam search (Wang et al. 2016)",
     notebook="02_cnn_rnn.ipynb", grid=grid, notebook_parameters=method_notebook_parameters(METHOD_FIELDS),
-    restrict=restrict_methods, trainings=trainings, row_keys=("method",), row=lambda metrics: {"method": metrics["variant"]},
+    restrict=restrict_methods, methods=tuple(METHODS), trainings=trainings, row_keys=("method",), row=lambda metrics: {"method": metrics["variant"]},
     columns=("mAP", "CF1@decoded", "OF1@decoded", "N+@decoded", "CF1@0.5", "OF1@0.5", "N+@0.5"),
     reported=lambda dataset, row: REPORTED.get(dataset, {}) if row.get("method") == "cnn_rnn" else {},
     differences=differences,

@@ -89,7 +89,7 @@ def differences(metrics: dict) -> list[str]:
 PAPER = Paper(
     key="p2", title="P2: affective retrieval and classification with sentiment constraints (Yang et al. 2018)",
     notebook="03_affective.ipynb", grid=grid, notebook_parameters=method_notebook_parameters(METHOD_FIELDS),
-    restrict=restrict_methods, trainings=trainings, row_keys=("method",),
+    restrict=restrict_methods, methods=tuple(METHODS), trainings=trainings, row_keys=("method",),
     row=lambda metrics: {"method": metrics["variant"]},
     columns=("accuracy", "polarity_accuracy", "mAP", "P@10", "nDCG"),
     reported=lambda dataset, row: REPORTED.get(dataset, {}), differences=differences,

@@ -140,7 +140,7 @@ def differences(metrics: dict) -> list[str]:
 PAPER = Paper(
     key="p3", title="P3: multi-label learning from partial labels (Durand, Mehrasa & Mori 2019)",
     notebook="04_partial_labels.ipynb", grid=grid,
-    notebook_parameters=method_notebook_parameters(("loss", "loss_kwargs")), restrict=restrict_methods,
+    notebook_parameters=method_notebook_parameters(("loss", "loss_kwargs")), restrict=restrict_methods, methods=tuple(METHODS),
     trainings=trainings, row_keys=("method", "p"), row=row, columns=("mAP", "CF1@0.5", "CF1@tuned"),
     reported=lambda dataset, row: {}, differences=differences, claims=(CLAIM,),
 )

@@ -127,7 +127,7 @@ def differences(metrics: dict) -> list[str]:
 PAPER = Paper(
     key="p4", title="P4: joint classification and captioning with a CAM disagreement loss (Yoon et al. 2020)",
     notebook="05_cam_captioning.ipynb", grid=grid, notebook_parameters=notebook_parameters,
-    restrict=restrict_methods,
+    restrict=restrict_methods, methods=tuple(METHODS),
     trainings=trainings, row_keys=("method",), row=lambda metrics: {"method": metrics["variant"]},
     columns=("BLEU-4", "METEOR", "CIDEr-D", "accuracy", "mAP", "pointing_game_cam", "pointing_game_attention",
              "agreement_kl"),

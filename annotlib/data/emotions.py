@@ -1,6 +1,6 @@
 """The eight Mikels emotions of P2 as data: wheel order, polarity and wheel distances.
 
-The wheel order is an assumption of PAPERS.md (P2), kept as a parameter everywhere:
+The wheel order is an assumption of docs/PAPERS.md (P2), kept as a parameter everywhere:
 amusement, contentment, awe, excitement, fear, sadness, disgust, anger, cyclic, so that
 anger neighbours amusement. The four positive emotions come first, the four negative ones
 after.

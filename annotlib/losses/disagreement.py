@@ -153,7 +153,7 @@ class JointCaptionLoss(nn.Module):
     ``L_cls`` and ``L_cap`` come computed (e.g. cross-entropy and
     :meth:`AttentionCaptioner.caption_loss`); ``L_dis`` is :func:`disagreement_loss` of the
     pooled attention and the CAM, with this module's options. ``lambda_cap=1.0`` and
-    ``lambda_dis=0.1`` are assumed (PAPERS.md, P4); ``lambda_cls=1.0`` is P4's sum, and 0
+    ``lambda_dis=0.1`` are assumed (docs/PAPERS.md, P4); ``lambda_cls=1.0`` is P4's sum, and 0
     gives the captioner-only baseline (with ``lambda_dis=0``), as ``lambda_cap=0,
     lambda_dis=0`` gives the classifier-only one. A term of weight 0 is still computed and
     multiplied by 0, so that every parameter gets a (zero) gradient, as

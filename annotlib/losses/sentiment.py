@@ -164,7 +164,7 @@ def sentiment_constraint_loss(
       constraint-violating ones, so neither do we.
     - ``"all"``: every valid ``(a, p, r)`` and every valid ``(a, r, n)`` of the batch.
 
-    Defaults ``alpha1 = alpha2 = 0.2`` (on unit-norm SVs) are assumed (PAPERS.md, P2).
+    Defaults ``alpha1 = alpha2 = 0.2`` (on unit-norm SVs) are assumed (docs/PAPERS.md, P2).
     """
     if sampling not in SAMPLINGS:
         raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
@@ -227,7 +227,7 @@ class SentimentLoss(nn.Module):
     (amusement, contentment, awe, excitement, fear, sadness, disgust, anger; cyclic),
     positive = amusement, awe, contentment, excitement, ``dis = 1 + steps``; a task sets
     them from its dataset's category names with :meth:`set_categories`. ``w = 0.5`` and
-    ``alpha1 = alpha2 = 0.2`` are assumed (PAPERS.md, P2); ``w = 0`` is softmax alone.
+    ``alpha1 = alpha2 = 0.2`` are assumed (docs/PAPERS.md, P2); ``w = 0`` is softmax alone.
     """
 
     def __init__(

@@ -50,7 +50,7 @@ class CNNRNNDecoder(nn.Module):
     - ``s(t) = U_l^T x_t``: scores over the C labels and END with the SAME ``U_l`` as the
       input embedding (one parameter, gradients from both uses add up).
 
-    Assumed (PAPERS.md, P1): ``embed_dim=64``, ``hidden_dim=512``; ``activation`` is ``h``
+    Assumed (docs/PAPERS.md, P1): ``embed_dim=64``, ``hidden_dim=512``; ``activation`` is ``h``
     (P1's ReLU; "tanh" or "identity" as options); ``projection_bias`` adds ``b``, which P1's
     formula leaves out.
     """

@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -69,7 +70,8 @@ def stale(run: Run, run_dir: Path) -> list[str]:
 def execute(source: str, target: Path, parameters: dict) -> None:
     import papermill
     target.parent.mkdir(parents=True, exist_ok=True)
-    papermill.execute_notebook(str(NOTEBOOKS / source), str(target), parameters=parameters,
+    # relative paths: papermill records them in the notebook, which is shared as it is
+    papermill.execute_notebook(os.path.relpath(NOTEBOOKS / source), os.path.relpath(target), parameters=parameters,
                                kernel_name="python3", progress_bar=False, cwd=str(NOTEBOOKS))
 
 
@@ -92,7 +94,8 @@ def run_grid(runs: list[Run], out: Path, projections: list[str], nproc: int = 1)
         paper = PAPERS[run.paper]
         run_dir = out / "runs" / run.path
         notebook = run_dir / paper.notebook
-        parameters = notebook_parameters(run, run_dir.resolve(), projections)
+        # relative to the notebooks' folder, where they run: no local path in a shared notebook
+        parameters = notebook_parameters(run, Path(os.path.relpath(run_dir.resolve(), NOTEBOOKS)), projections)
         conflicts = stale(run, run_dir)
         if conflicts:
             failures.append((notebook, "; ".join(conflicts) + "; use another --reports folder"))
@@ -158,6 +161,17 @@ def preflight(runs: list[Run]) -> list[str]:
     return problems
 
 
+def export(profile_dir: Path, target: Path, with_checkpoints: bool = False) -> int:
+    """Copy a profile's report, notebooks (executed and rendered), figures, metrics and configs
+    into ``target``, a folder that reads on its own; checkpoints (``*.pt``) only when asked.
+    Returns the bytes written."""
+    if target.exists() and any(target.iterdir()):
+        raise FileExistsError(f"{target}: not empty; export into a new folder")
+    skip = () if with_checkpoints else ("*.pt",)
+    shutil.copytree(profile_dir, target, ignore=shutil.ignore_patterns(*skip, ".*"), dirs_exist_ok=True)
+    return sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="run_all.sh", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -187,7 +201,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
                         help="train each run data-parallel on N GPUs (torchrun) before its notebook "
                              "draws the figures (default: 1, training inside the notebook)")
+    parser.add_argument("--export", metavar="DIR", type=Path,
+                        help="then copy the profile's report, notebooks, figures, metrics and configs "
+                             "into DIR, a folder to share (checkpoints only with --with-checkpoints)")
+    parser.add_argument("--with-checkpoints", action="store_true", help="--export: include the weights")
     args = parser.parse_args(argv)
+    if args.with_checkpoints and not args.export:
+        parser.error("--with-checkpoints applies to --export only")
+    if args.export and args.export.exists() and any(args.export.iterdir()):
+        parser.error(f"--export {args.export}: not empty; export into a new folder")
     # Every option acts or is refused before anything runs.
     if args.profile != "paper":
         for option, value in (("--datasets", args.datasets), ("--data-root", args.data_root)):
@@ -228,11 +250,16 @@ def main(argv: list[str] | None = None) -> int:
     failures = run_grid(runs, out, PROJECTIONS[args.profile], args.nproc_per_node)
     report = out / REPORT_NOTEBOOK
     try:
-        execute(REPORT_NOTEBOOK, report, {"profile_dir": str(out.resolve())})
+        execute(REPORT_NOTEBOOK, report, {"profile_dir": os.path.relpath(out.resolve(), NOTEBOOKS)})
         print(f"results: {out / 'results.md'} and {out / 'index.html'}")
     except Exception as err:  # noqa: BLE001 -- reported with the run failures
         failures.append((report, f"{type(err).__name__}: {str(err).strip().splitlines()[-1]}"))
+    if args.export and not failures:
+        size = export(out, args.export, args.with_checkpoints)
+        print(f"exported to {args.export}: {size / 2**20:.1f} MiB")
     if failures:
+        if args.export:
+            print(f"not exported to {args.export}: a run or the report failed", file=sys.stderr)
         print(f"{len(failures)} notebook(s) failed:", file=sys.stderr)
         for notebook, message in failures:
             print(f"  {notebook}: {message}", file=sys.stderr)

@@ -195,3 +195,31 @@ def test_preflight_passes_a_dataset_in_its_real_layout_and_names_missing_images(
         [f"1 of 1 image files missing, e.g. {root / 'images/b.jpeg'}"]
     (root / "images" / "b.jpeg").write_bytes(b"")
     assert reproduce.preflight([run]) == []
+
+
+def test_export_copies_the_report_without_checkpoints_unless_asked(tmp_path):
+    profile = tmp_path / "quick"
+    run = profile / "runs" / "p0" / "synthetic" / "bce-seed0"
+    run.mkdir(parents=True)
+    for name, data in (("metrics.json", b"{}"), ("cams.png", b"x" * 300), ("best.pt", b"w" * 1000),
+                       (".metrics.json.tmp12", b"t")):
+        (run / name).write_bytes(data)
+    (profile / "index.html").write_text("<html></html>")
+    size = reproduce.export(profile, tmp_path / "shared")
+    copied = sorted(str(p.relative_to(tmp_path / "shared")) for p in (tmp_path / "shared").rglob("*") if p.is_file())
+    assert copied == ["index.html", "runs/p0/synthetic/bce-seed0/cams.png", "runs/p0/synthetic/bce-seed0/metrics.json"]
+    assert size == 13 + 2 + 300
+    assert reproduce.export(profile, tmp_path / "with", with_checkpoints=True) == size + 1000
+    with pytest.raises(FileExistsError, match="not empty"):
+        reproduce.export(profile, tmp_path / "shared")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--with-checkpoints"], "--with-checkpoints applies to --export only"),
+    (["--export", "."], "--export .: not empty"),
+])
+def test_export_options_are_checked_before_anything_runs(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(reproduce, "execute", lambda *a: pytest.fail("a notebook ran"))
+    with pytest.raises(SystemExit):
+        reproduce.main([*argv, "--reports", str(tmp_path / "reports")])
+    assert message in capsys.readouterr().err

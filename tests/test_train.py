@@ -163,3 +163,20 @@ def test_a_one_step_warm_up_is_refused_before_training(tmp_path):
         fit_module.fit(model, task, batches, batches, split, cfg, tmp_path)
     assert not (tmp_path / "checkpoint.pt").exists()
     assert len(fit_module.fit(model, task, batches, batches, split, cfg.replace(pct_start=0.4), tmp_path)) == 1
+
+
+def test_labels_with_fewer_than_k_tuning_positives_keep_the_default_threshold():
+    from annotlib.losses import create_loss
+    from annotlib.metrics import tune_thresholds
+    from annotlib.tasks.multilabel import MultiLabelTask, run_thresholds
+    g = torch.Generator().manual_seed(1)
+    scores = torch.rand(40, 3, generator=g)
+    targets = torch.zeros(40, 3, dtype=torch.long)
+    targets[:5, 0], targets[:2, 1], targets[:3, 2] = 1, 1, 1  # 5, 2 and 3 positives
+    thresholds, untunable = run_thresholds(scores, targets, min_positives=3)
+    assert untunable.tolist() == [False, True, False] and thresholds[1] == 0.5
+    assert torch.equal(thresholds[[0, 2]], tune_thresholds(scores, targets)[[0, 2]])
+    with pytest.raises(ValueError, match="min_tuning_positives must be an integer >= 1, got 0"):
+        MultiLabelTask(create_loss("bce"), min_tuning_positives=0)
+    task = MultiLabelTask(create_loss("bce"), min_tuning_positives=3)
+    assert "labels with fewer than 3 positives there keep 0.5" in task.protocol()[-1]

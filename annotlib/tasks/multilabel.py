@@ -16,15 +16,19 @@ from .base import Task
 DEFAULT_THRESHOLD = 0.5
 
 
-def run_thresholds(scores: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def run_thresholds(scores: torch.Tensor, targets: torch.Tensor,
+                   min_positives: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-label MCC thresholds, and the mask of labels that could not be tuned.
 
     A label without a positive in the tuning split has MCC 0 at every threshold; the tie
     rule would pick the grid's smallest value and flood the test split with that label, so
-    such a label keeps the default threshold instead.
+    such a label keeps the default threshold instead. A threshold fitted to one or two
+    positives is hardly better, so labels with fewer than ``min_positives`` keep it too.
     """
+    if min_positives < 1:
+        raise ValueError(f"min_positives must be >= 1, got {min_positives}")
     thresholds = tune_thresholds(scores, targets)
-    untunable = (targets == 1).sum(0) == 0
+    untunable = (targets == 1).sum(0) < min_positives
     thresholds[untunable] = DEFAULT_THRESHOLD
     return thresholds, untunable
 
@@ -39,7 +43,8 @@ class MultiLabelTask(Task):
     """Sigmoid scores over the split's ``classes``.
 
     ``threshold_split``: where per-label MCC thresholds are tuned after training ("val", or
-    "train" as P0 does). ``label_proportion`` (P3): the proportion of every train/val
+    "train" as P0 does); a label with fewer than ``min_tuning_positives`` positives there
+    keeps the threshold 0.5. ``label_proportion`` (P3): the proportion of every train/val
     image's labels kept known, the rest unknown; test stays complete.
     ``curriculum_rounds`` (P3): extra training rounds, each on pseudo-labels of the previous
     round's confident predictions (score >= ``curriculum_threshold`` positive, <= 1 - it negative).
@@ -47,8 +52,8 @@ class MultiLabelTask(Task):
 
     name = "multilabel"
 
-    def __init__(self, loss: nn.Module, *, threshold_split: str = "val", label_proportion: float = 1.0,
-                 curriculum_rounds: int = 0, curriculum_threshold: float = 0.9):
+    def __init__(self, loss: nn.Module, *, threshold_split: str = "val", min_tuning_positives: int = 1,
+                 label_proportion: float = 1.0, curriculum_rounds: int = 0, curriculum_threshold: float = 0.9):
         super().__init__(loss)
         if threshold_split not in ("val", "train"):
             raise ValueError(f"threshold_split must be 'val' or 'train', got {threshold_split!r}")
@@ -56,7 +61,11 @@ class MultiLabelTask(Task):
             raise ValueError(f"label_proportion must be in (0, 1], got {label_proportion}")
         if curriculum_rounds < 0:
             raise ValueError(f"curriculum_rounds must be >= 0, got {curriculum_rounds}")
+        if isinstance(min_tuning_positives, bool) or not isinstance(min_tuning_positives, int) \
+                or min_tuning_positives < 1:
+            raise ValueError(f"min_tuning_positives must be an integer >= 1, got {min_tuning_positives!r}")
         self.calibration_split = threshold_split
+        self.min_tuning_positives = min_tuning_positives
         self.label_proportion = label_proportion
         self.rounds = curriculum_rounds + 1
         self.curriculum_threshold = curriculum_threshold
@@ -102,11 +111,13 @@ class MultiLabelTask(Task):
         return metrics
 
     def calibrate(self, outputs, split):
-        thresholds, untunable = run_thresholds(self.scores(outputs), split.labels.to(outputs.device))
+        thresholds, untunable = run_thresholds(self.scores(outputs), split.labels.to(outputs.device),
+                                               self.min_tuning_positives)
         self.thresholds = thresholds.cpu()
         return {"thresholds_tuned_on": split.split, "labels": len(self.classes),
                 # kept at the default threshold
-                "labels_without_tuning_positives": int(untunable.sum())}
+                "labels_without_tuning_positives": int(untunable.sum()),
+                "min_tuning_positives": self.min_tuning_positives}
 
     def next_round(self, run, round_):
         train = run.splits["train"]
@@ -118,7 +129,9 @@ class MultiLabelTask(Task):
 
     def protocol(self):
         # The label proportion and curriculum rounds are what a run varies, not how it is judged.
-        return [*super().protocol(), f"per-label MCC thresholds tuned on {self.calibration_split}"]
+        kept = ("" if self.min_tuning_positives == 1 else
+                f" (labels with fewer than {self.min_tuning_positives} positives there keep 0.5)")
+        return [*super().protocol(), f"per-label MCC thresholds tuned on {self.calibration_split}{kept}"]
 
     def state_dict(self):
         if self.thresholds is None:

@@ -1,25 +1,96 @@
-"""Results tables from the runs of a profile: ours beside the papers', mean ± std over seeds.
+"""Results report of a profile: ours beside the papers', mean ± std over seeds, with figures.
 
 Reads every ``metrics.json`` under ``<profile>/runs/`` (whatever its depth: one schema for
-every paper) and writes ``results.md`` and ``index.html`` beside ``runs/``. What each
-paper's table shows (its row keys, metric columns, published numbers, differences from the
-paper) comes from the papers registry.
+every paper) and writes beside ``runs/``: ``results.md`` (the tables), ``summary.png`` and
+``index.html`` (the tables, the summary figure, each run's figures and notebook, and every
+metric defined once). Each run's executed notebook is rendered to HTML beside its ``.ipynb``,
+readable in a browser without Jupyter or a network. What each paper's table shows (its row
+keys, metric columns, published numbers, differences from the paper) comes from the papers
+registry; every link is relative to the profile folder, so the folder can be shared as it is.
 """
 
 from __future__ import annotations
 
 import html
+import math
+import warnings
 from pathlib import Path
+from urllib.parse import quote
 
 import pandas as pd
 
 from .io import atomic_write_text, read_json
 from .papers import PAPERS
 
-NOTE = ("Test split. Where a configuration ran with several seeds, each cell is mean ± sample std "
-        "over them (n = seeds). Metric names: CP/CR/CF1 per-class precision, recall and F1; OP/OR/OF1 "
-        "overall; N+ the labels with at least one true positive; @0.5 at threshold 0.5, @tuned at "
-        "per-label MCC thresholds. 'paper' columns are its published numbers.")
+NOTE = ("Test split. Each cell is our number, the mean ± sample std over seeds where a "
+        "configuration ran with several (n: how many seeds), then the paper's published number "
+        "where it has one. A column no run of a table measured is left out and named below it.")
+
+# The metric of a column is the part before "@"; the part after says how labels were chosen.
+DEFINITIONS = {
+    "CP": "per-class precision: the mean over labels c of TP_c / Pred_c, with TP_c the test "
+          "images where label c is predicted and true, Pred_c where it is predicted, GT_c where it "
+          "is true (a ratio with a zero denominator is 0)",
+    "CR": "per-class recall: the mean over labels of TP_c / GT_c",
+    "CF1": "2·CP·CR / (CP + CR), the harmonic mean of CP and CR (not the mean of per-label F1)",
+    "OP": "overall precision: Σ_c TP_c / Σ_c Pred_c, every predicted (image, label) pair alike",
+    "OR": "overall recall: Σ_c TP_c / Σ_c GT_c",
+    "OF1": "2·OP·OR / (OP + OR)",
+    "N+": "how many labels have at least one true positive on the test split; out of how many "
+          "labels is in the column's heading",
+    "mAP": "mean average precision. Labels (P0, P1, P3, P4): the mean over labels of the label's "
+           "AP, the test images ranked by its score. Retrieval (P2): the mean over queries of AP, "
+           "every test image querying the others by embedding distance, relevant where the "
+           "category is the query's",
+    "accuracy": "the share of test images whose predicted category is the true one",
+    "polarity_accuracy": "the share of test images whose predicted emotion has the true "
+                         "emotion's polarity (positive or negative)",
+    "P@10": "retrieval precision at 10: the share of a query's 10 nearest test images that have "
+            "its category, mean over queries",
+    "nDCG": "normalised discounted cumulative gain of the whole retrieval ranking, gain 2 for the "
+            "query's emotion, 1 for its polarity, 0 otherwise (same category 1 where categories "
+            "have no polarity), mean over queries",
+    "BLEU-4": "corpus-level BLEU with 1- to 4-grams of the generated caption against the image's "
+              "reference captions (COCO caption evaluation)",
+    "METEOR": "METEOR 1.5 of the generated caption against the references (COCO caption "
+              "evaluation; needs Java)",
+    "CIDEr-D": "consensus of the generated caption's TF-IDF-weighted n-grams with the references "
+               "(clipped counts, length penalty, ×10; COCO caption evaluation)",
+    "pointing_game_cam": "the share of test images, of those with a box of the predicted class, "
+                         "where the class's CAM peaks inside such a box",
+    "pointing_game_attention": "the same for the decoder's attention pooled over the caption",
+    "agreement_kl": "L_dis between the pooled decoder attention and the predicted class's CAM "
+                    "(the run's divergence); lower: the two maps agree more",
+}
+QUALIFIERS = {
+    "0.5": "labels predicted where their score is at least 0.5",
+    "tuned": "labels predicted at per-label thresholds of highest MCC on the split the protocol "
+             "names",
+    "decoded": "the label set decoded by beam search",
+}
+# Where an F1 is shown, the precision and recall it is made of are defined too.
+DEFINED_WITH = {"CF1": ("CP", "CR"), "OF1": ("OP", "OR")}
+
+# A run figure's caption by file stem, in the order shown; other PNGs follow by name.
+FIGURES = {
+    "cams": "Class activation maps of the predicted labels on test images",
+    "step_cams": "Grad-CAM of each decoded label, step by step along the decoded sequence",
+    "attention_joint_dis": "Each generated word's attention beside the predicted class's CAM "
+                           "(joint training with L_dis)",
+    "attention_joint": "Each generated word's attention beside the predicted class's CAM "
+                       "(joint training without L_dis)",
+    "embeddings": "Test-image embeddings projected to 2-D",
+    "map_vs_proportion": "Test mAP and CF1@0.5 against the proportion of known labels",
+    "decoded": "Decoded label sequences of test images beside the truth",
+    "captions": "Generated captions of test images beside a reference",
+    "retrieval": "Test queries and their five nearest test images",
+    "confusion": "Confusion matrix of the test categories (rows: true, normalised)",
+    "f1_vs_frequency": "Per-label test F1 against the label's training frequency",
+    "learning_curves": "Learning curves: losses and validation metrics per epoch",
+}
+SUMMARY_CAPTION = ("Per paper and dataset, one metric of its table per configuration: our test "
+                   "number (bar, mean over seeds, error bar the sample std where several) and "
+                   "the paper's (black mark) where published.")
 
 
 def _notebook(metrics_path: Path, runs: Path) -> str:
@@ -29,7 +100,7 @@ def _notebook(metrics_path: Path, runs: Path) -> str:
             break
         notebooks = sorted(folder.glob("*.ipynb"))
         if notebooks:
-            return str(notebooks[0].relative_to(runs.parent))
+            return notebooks[0].relative_to(runs.parent).as_posix()
     return ""
 
 
@@ -41,11 +112,12 @@ def collect_results(profile_dir: str | Path) -> pd.DataFrame:
     for path in sorted(runs.rglob("metrics.json")):
         metrics = read_json(path)
         if metrics.get("schema") is None:
-            raise ValueError(f"{path}: written before metrics.json had a schema; rerun it into a new "
-                             "--reports folder")
+            raise ValueError(f"{path}: written before metrics.json had a schema; rerun it into a "
+                             "new --reports folder")
         paper = PAPERS[metrics["paper"]]
-        rows.append({"paper": paper.key, "dataset": metrics["dataset"], "variant": metrics["variant"],
-                     "seed": metrics["config"]["seed"], **paper.row(metrics), **metrics["test"],
+        rows.append({"paper": paper.key, "dataset": metrics["dataset"],
+                     "variant": metrics["variant"], "seed": metrics["config"]["seed"],
+                     **paper.row(metrics), **metrics["test"],
                      "protocol": "; ".join(metrics["protocol"]),
                      "differences": "; ".join(paper.differences(metrics)),
                      "labels": metrics.get("calibration", {}).get("labels"),
@@ -59,17 +131,28 @@ def _mean_std(values: pd.Series, digits: int) -> str:
         return "–"
     if len(values) == 1:
         return f"{values.iloc[0]:.{digits}f}"
-    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f} (n={len(values)})"
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
 
 
 def _digits(column: str) -> int:
     return 0 if column.startswith("N+") else 3
 
 
+def _label_count(results: pd.DataFrame, group: pd.DataFrame) -> int | None:
+    # A task without calibration (P1's decoder) records no label count: a run of the same
+    # paper on the same dataset has the same labels.
+    labels = group["labels"].dropna()
+    if labels.empty:
+        same = results[(results["paper"] == group["paper"].iloc[0])
+                       & (results["dataset"] == group["dataset"].iloc[0])]
+        labels = same["labels"].dropna()
+    return int(labels.iloc[0]) if len(labels) else None
+
+
 def tables(results: pd.DataFrame):
     """Per (paper, dataset, protocol, differences): the heading facts and a table, one row
-    per configuration (the paper's row keys), each metric as mean ± std over its seeds,
-    beside the paper's published numbers."""
+    per configuration (the paper's row keys), each metric as mean ± std over its seeds
+    (``seeds``: how many), beside the paper's published numbers (``paper <metric>``)."""
     for (key, dataset, protocol, differences), group in results.groupby(
             ["paper", "dataset", "protocol", "differences"], sort=False):
         paper = PAPERS[key]
@@ -79,100 +162,292 @@ def tables(results: pd.DataFrame):
             row = dict(zip(keys, values if isinstance(values, tuple) else (values,)))
             published = paper.reported(dataset, row)
             for column in paper.columns:
-                row[column] = _mean_std(runs[column], _digits(column)) if column in runs else "–"
+                digits = _digits(column)
+                row[column] = _mean_std(runs[column], digits) if column in runs else "–"
                 if column in published:
-                    row[f"paper {column}"] = f"{published[column]:.{_digits(column)}f}"
+                    row[f"paper {column}"] = f"{published[column]:.{digits}f}"
             row["seeds"] = len(runs)
             row["notebooks"] = sorted({n for n in runs["notebook"] if n})
             rows.append(row)
-        table = pd.DataFrame(rows)
-        labels = group["labels"].dropna()
-        yield {"paper": paper, "dataset": dataset, "protocol": protocol, "differences": differences,
-               "labels": int(labels.iloc[0]) if len(labels) else None, "table": table}
+        yield {"paper": paper, "dataset": dataset, "protocol": protocol,
+               "differences": differences, "labels": _label_count(results, group),
+               "table": pd.DataFrame(rows)}
 
 
-def _columns(table: pd.DataFrame) -> list[str]:
-    return [c for c in table.columns if c != "notebooks"]
+def _measured(section) -> tuple[list[str], list[str]]:
+    """The paper's columns that some row of the table has, ours or the paper's; the others."""
+    table = section["table"]
+    shown = [c for c in section["paper"].columns
+             if (table[c] != "–").any() or f"paper {c}" in table]
+    return shown, [c for c in section["paper"].columns if c not in shown]
+
+
+def _cell(row, column: str) -> tuple[str, str | None]:
+    """Ours, and the paper's published number or None."""
+    paper = row.get(f"paper {column}")
+    return str(row[column]), paper if isinstance(paper, str) else None
+
+
+def _heading(column: str, labels: int | None) -> str:
+    return f"{column} (of {labels})" if column.startswith("N+") and labels else column
 
 
 def _section_lines(section) -> list[str]:
     lines = [f"Protocol: {section['protocol']}."]
-    if section["labels"]:
+    if section["labels"] and any(c.startswith("N+") for c in _measured(section)[0]):
         lines.append(f"N+ counts out of {section['labels']} labels.")
     lines.append(f"Differs from the paper in: {section['differences']}.")
     return lines
 
 
-def _markdown(section) -> list[str]:
-    table, columns = section["table"], _columns(section["table"])
+def _split(column: str) -> tuple[str, str]:
+    """A column's metric and qualifier: ``CF1@tuned`` is CF1 at tuned thresholds, ``P@10`` a
+    metric of its own."""
+    if column in DEFINITIONS:
+        return column, ""
+    name, _, qualifier = column.partition("@")
+    return name, qualifier
+
+
+def _used(sections) -> dict[str, str]:
+    """The definitions of the metrics and qualifiers that the tables show."""
+    names, qualifiers = set(), {}
+    for section in sections:
+        for column in _measured(section)[0]:
+            name, qualifier = _split(column)
+            names.update((name, *DEFINED_WITH.get(name, ())))
+            if qualifier:
+                qualifiers[f"@{qualifier}"] = QUALIFIERS.get(qualifier, "(not defined)")
+    unknown = {name: "(not defined)" for name in sorted(names - set(DEFINITIONS))}
+    return {**{n: text for n, text in DEFINITIONS.items() if n in names}, **unknown, **qualifiers}
+
+
+def _markdown(section, rendered: set[str]) -> list[str]:
+    table, (columns, missing) = section["table"], _measured(section)
+    keys = list(section["paper"].row_keys)
+    heads = [*keys, *(_heading(c, section["labels"]) for c in columns), "seeds (n)"]
     md = [f"### {section['dataset']}", "", *_section_lines(section), "",
-          "| " + " | ".join(columns) + " | notebooks |", "|" + "---|" * (len(columns) + 1)]
+          "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for _, row in table.iterrows():
-        links = ", ".join(f"[{Path(n).parent.name}]({n})" for n in row["notebooks"]) or "–"
-        md.append("| " + " | ".join(str(row[c]) for c in columns) + f" | {links} |")
+        cells = [str(row[k]) for k in keys]
+        for column in columns:
+            ours, paper = _cell(row, column)
+            cells.append(f"{ours} (paper {paper})" if paper else ours)
+        md.append("| " + " | ".join([*cells, str(row["seeds"])]) + " |")
+    if missing:
+        md += ["", f"Not measured in these runs: {', '.join(missing)}."]
+    notebooks = sorted({n for row in table["notebooks"] for n in row})
+    if notebooks:
+        links = [f"[{Path(n).parent.name}]({quote(n)})"
+                 + (f" ([HTML]({quote(_html_name(n))}))" if n in rendered else "")
+                 for n in notebooks]
+        md += ["", f"Notebooks: {', '.join(links)}."]
     return md + [""]
 
 
-def _html(section) -> str:
-    table, columns = section["table"], _columns(section["table"])
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in (*columns, "notebooks"))
+def _e(text) -> str:
+    return html.escape(str(text))
+
+
+def _html_table(section) -> str:
+    table, (columns, missing) = section["table"], _measured(section)
+    keys = list(section["paper"].row_keys)
+    heads = [f"<th class='key'>{_e(k)}</th>" for k in keys]
+    for column in columns:
+        name, qualifier = _split(column)
+        label = f"<a href='#def-{_e(name)}'>{_e(name)}</a>" + (f"@{_e(qualifier)}"
+                                                               if qualifier else "")
+        if name == "N+" and section["labels"]:
+            label += f"<br><small>of {section['labels']}</small>"
+        heads.append(f"<th>{label}</th>")
+    heads.append("<th>seeds (n)</th>")
     body = []
     for _, row in table.iterrows():
-        cells = "".join(f"<td>{html.escape(str(row[c]))}</td>" for c in columns)
-        links = ", ".join(f'<a href="{html.escape(n)}">{html.escape(Path(n).parent.name)}</a>'
-                          for n in row["notebooks"])
-        body.append(f"<tr>{cells}<td>{links}</td></tr>")
-    facts = "".join(f"<p>{html.escape(line)}</p>" for line in _section_lines(section))
-    return (f"<h3>{html.escape(section['dataset'])}</h3>{facts}\n<table>\n<tr>{head}</tr>\n"
-            + "\n".join(body) + "\n</table>")
+        cells = [f"<td class='key'>{_e(row[k])}</td>" for k in keys]
+        for column in columns:
+            ours, paper = _cell(row, column)
+            extra = f"<br><span class='paper'>paper {_e(paper)}</span>" if paper else ""
+            cells.append(f"<td>{_e(ours)}{extra}</td>")
+        body.append("<tr>" + "".join(cells) + f"<td>{row['seeds']}</td></tr>")
+    facts = "".join(f"<p>{_e(line)}</p>" for line in _section_lines(section))
+    note = f"<p class='missing'>Not measured in these runs: {_e(', '.join(missing))}.</p>" \
+        if missing else ""
+    return (f"<div class='facts'>{facts}</div>\n<div class='table'><table>\n"
+            f"<tr>{''.join(heads)}</tr>\n" + "\n".join(body) + f"\n</table></div>{note}")
+
+
+def _html_name(notebook: str) -> str:
+    return Path(notebook).with_suffix(".html").as_posix()
+
+
+def _figures(folder: Path) -> list[Path]:
+    order = list(FIGURES)
+    return sorted(folder.glob("*.png"),
+                  key=lambda p: (order.index(p.stem) if p.stem in order else len(order), p.name))
+
+
+def _html_run(profile_dir: Path, notebook: str, rendered: set[str], prefix: str) -> str:
+    """A run's notebook links and its figures (the PNGs beside its notebook)."""
+    folder = Path(notebook).parent
+    name = folder.as_posix().removeprefix(prefix) or folder.name
+    links = [f"<a href='{_e(quote(notebook))}'>.ipynb</a>"]
+    if notebook in rendered:
+        links.insert(0, f"<a href='{_e(quote(_html_name(notebook)))}'>notebook (HTML)</a>")
+    figures = []
+    for png in _figures(profile_dir / folder):
+        caption = FIGURES.get(png.stem, png.stem.replace("_", " "))
+        src = _e(quote((folder / png.name).as_posix()))
+        figures.append(f"<figure><a href='{src}'><img src='{src}' alt='{_e(name)}: "
+                       f"{_e(caption)}'></a><figcaption>{_e(caption)}</figcaption></figure>")
+    return (f"<div class='run'><h4>{_e(name)} <small>{' · '.join(links)}</small></h4>"
+            f"<div class='figures'>{''.join(figures)}</div></div>")
+
+
+# nbconvert's lab template with the blocks that fetch scripts from a CDN (require.js, widgets,
+# MathJax, mermaid) left empty: its CSS is inlined and images are embedded, so the page needs
+# no network. Formulas then show as their TeX source.
+_OFFLINE = ("{%- extends 'index.html.j2' -%}"
+            "{% block html_head_js %}{% endblock %}{% block jupyter_widgets %}{% endblock %}"
+            "{% block html_head_js_mathjax %}{% endblock %}"
+            "{% block html_head_js_mermaidjs %}{% endblock %}")
+
+
+def render_notebooks(profile_dir: str | Path, notebooks) -> set[str]:
+    """Render each executed notebook (paths relative to ``profile_dir``) to HTML beside it,
+    where that HTML is missing or older; returns those that have their HTML. A notebook that
+    does not read is named in a warning and linked as ``.ipynb`` only."""
+    import nbformat
+    from jinja2 import DictLoader
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(template_name="lab", template_file="offline.html.j2",
+                            extra_loaders=[DictLoader({"offline.html.j2": _OFFLINE})],
+                            embed_images=True)
+    rendered = set()
+    for notebook in notebooks:
+        source, target = Path(profile_dir) / notebook, Path(profile_dir) / _html_name(notebook)
+        try:
+            if not target.exists() or target.stat().st_mtime < source.stat().st_mtime:
+                body, _ = exporter.from_notebook_node(nbformat.read(source, as_version=4))
+                atomic_write_text(target, body)
+            rendered.add(notebook)
+        except (ValueError, OSError, nbformat.ValidationError) as err:
+            warnings.warn(f"{source}: not rendered to HTML ({type(err).__name__}: {err})",
+                          stacklevel=2)
+    return rendered
+
+
+def _summary_metric(key: str, group: pd.DataFrame) -> str | None:
+    preferred = ["CF1@tuned"] if key == "p0" else []
+    return next((c for c in [*preferred, *PAPERS[key].columns]
+                 if c in group and group[c].notna().any()), None)
 
 
 def plot_summary(results: pd.DataFrame):
-    """Per (paper, dataset), the first metric column of the paper's table per configuration:
-    bars (mean over seeds, sample-std error bars where there are several seeds)."""
+    """Per (paper, dataset), one metric of the paper's table per configuration (P0: CF1 at
+    tuned thresholds, else its first measured column): bars of the mean over seeds with
+    sample-std error bars where there are several seeds, the paper's number as a black mark."""
     import matplotlib.pyplot as plt
 
     panels = list(results.groupby(["paper", "dataset"], sort=False))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
-    for ax, ((key, dataset), group) in zip(axes[0], panels):
-        paper = PAPERS[key]
-        keys = list(paper.row_keys)
-        metric = paper.columns[0] if key != "p0" else "CF1@tuned"
-        stats = group.groupby(keys, sort=False)[metric].agg(["mean", "std", "count"])
-        labels = [", ".join(str(v) for v in (k if isinstance(k, tuple) else (k,))) for k in stats.index]
-        errors = stats["std"].where(stats["count"] > 1)
-        ax.bar(labels, stats["mean"], yerr=errors.fillna(0), capsize=3 if errors.notna().any() else 0)
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.8 * nrows), squeeze=False)
+    for ax, ((key, dataset), group) in zip(axes.flat, panels):
+        paper, metric = PAPERS[key], _summary_metric(key, group)
         ax.set_title(f"{key}, {dataset}")
+        if metric is None:
+            ax.text(0.5, 0.5, "no metric measured", ha="center", transform=ax.transAxes)
+            continue
+        keys = list(paper.row_keys)
+        stats = group.groupby(keys, sort=False)[metric].agg(["mean", "std", "count"])
+        rows = [dict(zip(keys, k if isinstance(k, tuple) else (k,))) for k in stats.index]
+        labels = [", ".join(str(v) for v in row.values()) for row in rows]
+        errors = stats["std"].where(stats["count"] > 1)
+        ax.bar(labels, stats["mean"], yerr=errors.fillna(0),
+               capsize=3 if errors.notna().any() else 0)
+        published = [paper.reported(dataset, row).get(metric) for row in rows]
+        marks = [(x, y) for x, y in enumerate(published) if y is not None]
+        if marks:
+            ax.scatter(*zip(*marks), marker="_", s=400, color="black", zorder=3, label="paper")
+            ax.legend(loc="lower right", fontsize=8)
         ax.set_ylabel(f"test {metric}")
         ax.tick_params(axis="x", rotation=45)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
     fig.tight_layout()
     return fig
 
 
+STYLE = """
+body{font:15px/1.45 system-ui,sans-serif;color:#222;margin:2em auto;max-width:86em;padding:0 1.5em}
+h2{margin-top:2em;border-bottom:1px solid #ddd} h4{margin:1.2em 0 .3em}
+h4 small{font-weight:normal;font-size:13px} nav{font-size:14px}
+.table{overflow-x:auto} table{border-collapse:collapse;font-size:12px;margin:.4em 0}
+td,th{border:1px solid #ccc;padding:3px 5px;text-align:right;vertical-align:top;white-space:nowrap}
+th{background:#f3f3f3;font-weight:600} .key{text-align:left}
+th a{color:inherit} .paper{color:#777;font-size:12px}
+.facts{margin-top:1.4em} .facts p,.missing{font-size:13px;color:#444;max-width:75em;margin:.25em 0}
+.figures{display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start}
+figure{margin:0;flex:0 1 400px} figure img{display:block;width:100%;max-height:360px;
+object-fit:contain;object-position:left top}
+figcaption{font-size:12px;color:#555} figure.summary{max-width:100%}
+figure.summary img{width:auto;max-width:100%;max-height:none}
+dl{display:grid;grid-template-columns:max-content 1fr;gap:4px 16px;font-size:14px}
+dt{font-weight:600} dd{margin:0}
+"""
+
+
 def write_report(profile_dir: str | Path, title: str | None = None) -> list[dict]:
-    """Write ``results.md`` and ``index.html`` into ``profile_dir``; returns the sections."""
+    """Write ``results.md``, ``summary.png`` and ``index.html`` into ``profile_dir`` and each
+    run's notebook as HTML beside it; returns the sections (one per table)."""
+    import matplotlib.pyplot as plt
+
     profile_dir = Path(profile_dir)
     title = title or f"annotlib results: {profile_dir.name}"
     results = collect_results(profile_dir)
     if results.empty:
         raise FileNotFoundError(f"{profile_dir}: no runs/**/metrics.json to report")
     sections = list(tables(results))
-    md, page = [f"# {title}", "", NOTE, ""], []
-    for key in dict.fromkeys(s["paper"].key for s in sections):
+    rendered = render_notebooks(profile_dir, dict.fromkeys(n for n in results["notebook"] if n))
+    fig = plot_summary(results)
+    fig.savefig(profile_dir / "summary.png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+    definitions = _used(sections)
+    papers = list(dict.fromkeys(s["paper"].key for s in sections))
+    md = [f"# {title}", "", NOTE, ""]
+    page = [f"<p>{_e(NOTE)} Metric names are defined <a href='#definitions'>below</a>.</p>",
+            "<nav>Contents: " + " · ".join(f"<a href='#{k}'>{k.upper()}</a>" for k in papers)
+            + " · <a href='#definitions'>metric definitions</a></nav>",
+            (f"<figure class='summary'><img src='summary.png' alt='{_e(SUMMARY_CAPTION)}'>"
+             f"<figcaption>{_e(SUMMARY_CAPTION)}</figcaption></figure>")]
+    for key in papers:
         paper = PAPERS[key]
         claims = "; ".join(paper.claims)
         md += [f"## {paper.title}", "", f"The paper's claims: {claims}.", ""]
-        page.append(f"<h2>{html.escape(paper.title)}</h2><p>{html.escape('The paper’s claims: ' + claims)}.</p>")
-        for section in (s for s in sections if s["paper"].key == key):
-            md += _markdown(section)
-            page.append(_html(section))
+        page.append(f"<h2 id='{key}'>{_e(paper.title)}</h2>"
+                    f"<p>{_e('The paper’s claims: ' + claims)}.</p>")
+        own = [s for s in sections if s["paper"].key == key]
+        for dataset in dict.fromkeys(s["dataset"] for s in own):
+            page.append(f"<h3>{_e(dataset)}</h3>")
+            for section in (s for s in own if s["dataset"] == dataset):
+                md += _markdown(section, rendered)
+                page.append(_html_table(section))
+            rows = results[(results["paper"] == key) & (results["dataset"] == dataset)]
+            prefix = f"runs/{key}/{dataset}/"
+            page += [_html_run(profile_dir, n, rendered, prefix)
+                     for n in dict.fromkeys(n for n in rows["notebook"] if n)]
+    md += ["## Metric definitions", "", *(f"- **{k}**: {v}." for k, v in definitions.items()), ""]
+    page.append("<h2 id='definitions'>Metric definitions</h2><dl>" + "".join(
+        f"<dt id='def-{_e(k)}'>{_e(k)}</dt><dd>{_e(v)}.</dd>"
+        for k, v in definitions.items()) + "</dl>")
     atomic_write_text(profile_dir / "results.md", "\n".join(md))
-    style = ("body{font-family:sans-serif;margin:2em;max-width:80em} table{border-collapse:collapse;font-size:13px}"
-             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}")
     atomic_write_text(profile_dir / "index.html",
-                      f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-                      f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>"
-                      f"<p>{html.escape(NOTE)}</p>\n" + "\n".join(page) + "\n</body></html>\n")
+                      f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+                      f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
+                      f"<title>{_e(title)}</title><style>{STYLE}</style></head><body>"
+                      f"<h1>{_e(title)}</h1>\n" + "\n".join(page) + "\n</body></html>\n")
     return sections
 
 

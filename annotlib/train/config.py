@@ -5,8 +5,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 from ..io import read_json
 
@@ -109,18 +113,105 @@ class TrainConfig:
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"unknown config fields: {', '.join(sorted(unknown))}")
-        if values.get("crop_scale") is not None:
-            values["crop_scale"] = tuple(values["crop_scale"])
         return cls(**values)
 
     def __post_init__(self):
-        for name, allowed in (("normalize", ("backbone", "dataset")), ("optimizer", OPTIMIZERS),
-                              ("scheduler", SCHEDULERS)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        for name in ("task_kwargs", "head_kwargs", "loss_kwargs"):
-            if not isinstance(getattr(self, name), dict):
-                raise ValueError(f"{name} must be a dict of options, got {getattr(self, name)!r}")
+        """Every field checked (:data:`CHECKS`) when the config is built, so a bad value fails
+        before anything is decoded, trained or written."""
+        if isinstance(self.crop_scale, list):  # as JSON and the command line give it
+            object.__setattr__(self, "crop_scale", tuple(self.crop_scale))
+        for name, (check, allowed) in CHECKS.items():
+            value = getattr(self, name)
+            if not check(value):
+                raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)  # True is not an epoch count
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _optional(check: Callable) -> Callable:
+    return lambda v: v is None or check(v)
+
+
+def _device(v) -> bool:
+    if v == "auto":
+        return True
+    try:
+        torch.device(v)
+    except (RuntimeError, TypeError):
+        return False
+    return isinstance(v, str)
+
+
+def _options(v) -> bool:
+    """Keyword arguments (string keys) that the fingerprint and config.json can hold."""
+    if not isinstance(v, dict) or not all(isinstance(k, str) for k in v):
+        return False
+    try:
+        json.dumps(v, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _choice(allowed) -> tuple[Callable, str]:
+    return (lambda v: v in allowed), f"one of {', '.join(allowed)}"
+
+
+POSITIVE_INT = (lambda v: _int(v) and v > 0), "a positive integer"
+BOOL = (lambda v: isinstance(v, bool)), "true or false"
+NAME = (lambda v: isinstance(v, str) and v != ""), "a non-empty string"
+OPTIONS = _options, "a dict of options"
+PATH = _optional(lambda v: isinstance(v, str) and v != ""), "None or a path as a string"
+# What each field allows: (check, description); the description completes "must be ...".
+CHECKS: dict[str, tuple[Callable, str]] = {
+    "paper": ((lambda v: isinstance(v, str)), "a string"),
+    "dataset": NAME,
+    "data_root": PATH,
+    "val_fraction": ((lambda v: _number(v) and 0 <= v < 1), "a number in [0, 1)"),
+    "test_split": NAME,
+    "image_size": POSITIVE_INT,
+    "normalize": _choice(("backbone", "dataset")),
+    "hflip": BOOL,
+    "vflip": BOOL,
+    "crop_scale": (_optional(lambda v: isinstance(v, tuple) and len(v) == 2 and all(map(_number, v))
+                             and 0 < v[0] <= v[1] <= 1),
+                   "None or two numbers (a, b) with 0 < a <= b <= 1"),
+    "task": NAME,
+    "task_kwargs": OPTIONS,
+    "backbone": NAME,
+    "weights_file": PATH,
+    "pretrained": BOOL,
+    "head": NAME,
+    "head_kwargs": OPTIONS,
+    "loss": NAME,
+    "loss_kwargs": OPTIONS,
+    "optimizer": _choice(OPTIMIZERS),
+    "lr": ((lambda v: _number(v) and v > 0), "a number > 0"),
+    "backbone_lr": (_optional(lambda v: _number(v) and v >= 0), "None or a number >= 0"),
+    "weight_decay": ((lambda v: _number(v) and v >= 0), "a number >= 0"),
+    "momentum": ((lambda v: _number(v) and 0 <= v < 1), "a number in [0, 1)"),
+    "nesterov": BOOL,
+    "scheduler": _choice(SCHEDULERS),
+    "pct_start": ((lambda v: _number(v) and 0 < v < 1), "a number in (0, 1)"),
+    "step_epochs": POSITIVE_INT,
+    "step_gamma": ((lambda v: _number(v) and v > 0), "a number > 0"),
+    "epochs": POSITIVE_INT,
+    "batch_size": POSITIVE_INT,
+    "eval_batch_size": POSITIVE_INT,
+    "device": (_device, '"auto" or a torch device such as "cpu" or "cuda:0"'),
+    "bf16": BOOL,
+    "channels_last": (_optional(lambda v: isinstance(v, bool)), "None, true or false"),
+    "compile": BOOL,
+    # numpy's generators, which draw validation splits and hidden labels, refuse negative seeds
+    "seed": ((lambda v: _int(v) and v >= 0), "a non-negative integer"),
+    "progress": BOOL,
+}
 
 
 def parse_overrides(items: list[str]) -> dict:

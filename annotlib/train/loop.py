@@ -10,10 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ..data import Split
-from ..io import atomic_torch_save, atomic_write_text
+from ..io import atomic_torch_save, atomic_write_text, torch_load
 from ..tasks import Outputs, Task
 from .config import TrainConfig
 from .distributed import Context, wrap
@@ -21,6 +22,32 @@ from .distributed import Context, wrap
 
 class NonFiniteLossError(FloatingPointError):
     """Training produced a nan or inf loss; the message says where."""
+
+
+class DivergedLossError(FloatingPointError):
+    """An epoch's mean training loss grew far past the first epoch's; the message has the losses."""
+
+
+# The first epoch's mean is about the loss of the barely trained model, which training then
+# lowers; no loss here adds terms during a run, and each curriculum round starts its own history.
+# A mean 100 times the first's is the weights running away, not noise or a plateau, and its finite
+# numbers would otherwise be trained on and reported. A tighter factor could stop a run whose loss
+# starts near 0 (fine-tuning from good weights) and rises for a while under its warm-up.
+DIVERGENCE_FACTOR = 100.0
+
+
+def check_divergence(task: Task, losses: list[float], cfg: TrainConfig) -> None:
+    """Raise :class:`DivergedLossError` if the last epoch mean of ``losses`` (one per epoch,
+    from the first) is more than :data:`DIVERGENCE_FACTOR` times the first. A first mean that
+    is not positive gives no scale to compare with and is not checked."""
+    first, last = losses[0], losses[-1]
+    if len(losses) > 1 and first > 0 and last > DIVERGENCE_FACTOR * first:
+        seen = ", ".join(f"{loss:.4g}" for loss in losses)
+        raise DivergedLossError(
+            f"{task.name} task's loss ({type(task.loss).__name__}) diverged: its epoch "
+            f"{len(losses)} mean {last:.4g} is more than {DIVERGENCE_FACTOR:g}x epoch 1's "
+            f"{first:.4g} (epoch means: {seen}); lower the learning rate (lr {cfg.lr}, "
+            f"backbone_lr {cfg.backbone_lr})")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -141,7 +168,9 @@ def fit(model: nn.Module, task: Task, train_batches, val_batches, val_split: Spl
     ``task.selection`` metric on the validation split; the test split is never looked at) and
     ``checkpoint.pt`` (everything needed to resume) into ``out_dir``, each atomically
     at the end of an epoch. Called again on the same ``out_dir``, it resumes after the
-    last finished epoch and ends with the same weights as an uninterrupted run.
+    last finished epoch and ends with the same weights as an uninterrupted run. An epoch whose
+    mean loss is far past the first's stops training (:func:`check_divergence`) before its
+    checkpoint is written.
     Under several processes (``ctx``, see :mod:`annotlib.train.distributed`) the model
     trains in DistributedDataParallel and only rank 0 writes. Returns the per-epoch history.
     """
@@ -158,7 +187,7 @@ def fit(model: nn.Module, task: Task, train_batches, val_batches, val_split: Spl
     history: list[dict] = []
     checkpoint = out / "checkpoint.pt"
     if checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        state = torch_load(checkpoint, map_location=device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -176,6 +205,11 @@ def fit(model: nn.Module, task: Task, train_batches, val_batches, val_split: Spl
         started = time.perf_counter()
         losses = train_epoch(step_model, task, train_batches, optimizer, scheduler, cfg, epoch)
         seconds = time.perf_counter() - started
+        if ctx.distributed:  # the mean over every rank's shard: each rank takes the same decision
+            total = torch.tensor(losses, dtype=torch.float64, device=device)
+            dist.all_reduce(total)
+            losses = total.item() / ctx.world_size
+        check_divergence(task, [r["train_loss"] for r in history] + [losses], cfg)
         outputs = predict(model, task.predict_step, val_batches, bf16=cfg.bf16)
         row = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "train_loss": losses,
                **{f"val_{k}": v for k, v in task.validation_metrics(outputs, val_split).items()},

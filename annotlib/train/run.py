@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,16 +12,32 @@ import torch
 
 from ..data import DeviceBatches, Split, cached_images, channel_stats, load_split
 from ..data.labels import carve_validation
-from ..io import read_json, write_json
+from ..io import json_safe, read_json, torch_load, write_json
 from ..models import ImageModel, create_model
 from ..tasks import Outputs, Task, create_task
 from . import distributed
 from .config import TrainConfig
 from .distributed import Context
-from .loop import fit, native_bf16, predict, resolve_device, use_channels_last
+from .loop import (
+    DivergedLossError,
+    NonFiniteLossError,
+    fit,
+    native_bf16,
+    predict,
+    resolve_device,
+    use_channels_last,
+)
 
 SPLITS = ("train", "val", "test")
 METRICS_SCHEMA = 1  # the version of metrics.json's layout
+# A run whose training failed (a non-finite or diverged loss) writes this instead of metrics.json.
+FAILED = "failed.json"
+# What to do about a damaged file of a run folder: the least that makes the run whole again.
+REMEDY = {"config.json": "restore it, or delete the run folder to restart that run",
+          "metrics.json": "delete it to evaluate that run again from its weights",
+          "task.json": "delete it and metrics.json beside it to evaluate that run again",
+          "best.pt": "delete it and checkpoint.pt beside it to train that run again"}
+log = logging.getLogger(__name__)
 
 
 def round_folder(out: Path, round_: int) -> Path:
@@ -74,7 +92,8 @@ class AnnotationRun:
                        bf16=self.cfg.bf16).cpu()
 
     def load_weights(self, path: Path) -> None:
-        self.model.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+        weights = torch_load(path, map_location=self.device, remedy=REMEDY["best.pt"])
+        self.model.load_state_dict(weights)
         self._outputs.clear()
 
 
@@ -122,12 +141,29 @@ def prepare_run(cfg: TrainConfig, device: torch.device | None = None) -> Annotat
     return AnnotationRun(cfg, splits, images, model, task, device, tuple(mean), tuple(std))
 
 
+def undefined_metrics(values: dict, split: Split, name: str) -> dict[str, str]:
+    """Why each non-finite metric of ``values`` (one split's) is undefined, by metric name."""
+    no_positives = split.labels is not None and not bool((split.labels == 1).any())
+    return {metric: f"no positive labels in the {name} split" if no_positives
+            else f"{value} on the {name} split (not a finite number)"
+            for metric, value in values.items()
+            if isinstance(value, float) and not math.isfinite(value)}
+
+
+def has_trained(out_dir: Path) -> bool:
+    """Whether the run in ``out_dir`` finished an epoch (a ``checkpoint.pt`` or ``metrics.json``)."""
+    return any((out_dir / name).exists() for name in ("checkpoint.pt", "metrics.json"))
+
+
 def claim_run_dir(cfg: TrainConfig, out_dir: Path) -> None:
     """Write ``config.json``, or check that the run already there has the same config;
-    a folder holding another config is refused with the differences named."""
+    a folder holding another config is refused with the differences named. A folder whose run
+    never finished an epoch (:func:`has_trained`: it failed on, say, a backbone name that does
+    not exist) holds nothing to keep and is taken by the new config."""
     path = out_dir / "config.json"
-    if path.exists():
-        differs = cfg.differences(TrainConfig.from_dict(read_json(path)))
+    if path.exists() and has_trained(out_dir):
+        theirs = TrainConfig.from_dict(read_json(path, REMEDY["config.json"]))
+        differs = cfg.differences(theirs)
         if differs:
             raise ValueError(f"{path}: this folder holds a run with another config "
                              f"({'; '.join(differs)}, ours vs the folder's); use another output folder")
@@ -152,18 +188,26 @@ def run_annotation(cfg: TrainConfig, out_dir: str | Path, *, variant: str | None
         claim_run_dir(cfg, out)
     ctx.barrier()
     if (out / "metrics.json").exists():
-        return read_json(out / "metrics.json")
+        return read_json(out / "metrics.json", REMEDY["metrics.json"])
     with ctx.main_first():  # rank 0 decodes the image cache, the others then read it
         run = prepare_run(cfg, ctx.device)
     task, rounds, seconds = run.task, [], 0.0
-    for round_ in range(task.rounds):
-        folder = round_folder(out, round_)
-        if round_:
-            rounds.append(task.next_round(run, round_))
-        history = fit(run.model, task, run.batches("train", train=True, ctx=ctx), run.batches("val"),
-                      run.splits["val"], cfg, folder, ctx=ctx)
-        seconds += sum(row["train_seconds"] for row in history)
-        run.load_weights(folder / "best.pt")
+    if ctx.is_main:
+        (out / FAILED).unlink(missing_ok=True)  # an earlier attempt's; this one may succeed
+    try:
+        for round_ in range(task.rounds):
+            folder = round_folder(out, round_)
+            if round_:
+                rounds.append(task.next_round(run, round_))
+            history = fit(run.model, task, run.batches("train", train=True, ctx=ctx),
+                          run.batches("val"), run.splits["val"], cfg, folder, ctx=ctx)
+            seconds += sum(row["train_seconds"] for row in history)
+            run.load_weights(folder / "best.pt")
+    except (NonFiniteLossError, DivergedLossError) as e:  # marked failed, never a result
+        if ctx.is_main:
+            write_json(out / FAILED, {"error": type(e).__name__, "message": str(e),
+                                      "fingerprint": cfg.fingerprint()})
+        raise
     metric, mode = task.selection
     best = (max if mode == "max" else min)(history, key=lambda row: row[f"val_{metric}"])
 
@@ -171,12 +215,18 @@ def run_annotation(cfg: TrainConfig, out_dir: str | Path, *, variant: str | None
     if task.calibration_split:
         split = task.calibration_split
         calibration = task.calibrate(run.outputs(split), run.splits[split])
+    evaluated = {s: task.evaluate(run.outputs(s), run.splits[s]) for s in ("val", "test")}
+    undefined = {s: reasons for s in evaluated
+                 if (reasons := undefined_metrics(evaluated[s], run.splits[s], s))}
+    for s, reasons in undefined.items():
+        log.warning("%s: undefined %s metrics, written as null: %s", out, s,
+                    "; ".join(f"{m} ({why})" for m, why in reasons.items()))
     metrics = {
         "schema": METRICS_SCHEMA, "paper": cfg.paper, "variant": variant or out.name,
         "dataset": cfg.dataset, "task": cfg.task, "head": cfg.head, "loss": cfg.loss,
         "config": cfg.to_dict(), "fingerprint": cfg.fingerprint(),
-        "val": task.evaluate(run.outputs("val"), run.splits["val"]),
-        "test": task.evaluate(run.outputs("test"), run.splits["test"]),
+        "val": evaluated["val"], "test": evaluated["test"],
+        "undefined": undefined,  # {split: {metric: reason}} for the metrics written as null
         "selection": {"split": "val", "metric": metric, "mode": mode, "epoch": best["epoch"]},
         "protocol": task.protocol(),
         "calibration": calibration,
@@ -189,6 +239,7 @@ def run_annotation(cfg: TrainConfig, out_dir: str | Path, *, variant: str | None
                     "bf16_autocast": cfg.bf16 and native_bf16(run.device),
                     "channels_last": use_channels_last(cfg, run.device)},
     }
+    metrics = json_safe(metrics)  # what metrics.json holds, so a later call returns the same
     if ctx.is_main:
         write_json(out / "task.json", task.state_dict())
         write_json(out / "metrics.json", metrics)
@@ -200,12 +251,14 @@ def load_run(out_dir: str | Path, device: str | None = None) -> AnnotationRun:
     """A finished run of :func:`run_annotation`: its final weights (the last round's best
     epoch) and the task's saved state loaded, in eval mode."""
     out = Path(out_dir)
-    cfg = TrainConfig.from_dict(read_json(out / "config.json"))
+    if not (out / "metrics.json").exists() and (out / FAILED).exists():
+        raise RuntimeError(f"{out}: this run failed: {read_json(out / FAILED)['message']}")
+    cfg = TrainConfig.from_dict(read_json(out / "config.json", REMEDY["config.json"]))
     if device is not None:
         cfg = cfg.replace(device=device)
     run = prepare_run(cfg)
-    metrics = read_json(out / "metrics.json")
+    metrics = read_json(out / "metrics.json", REMEDY["metrics.json"])
     run.load_weights(out / metrics.get("weights", "best.pt"))
-    run.task.load_state_dict(read_json(out / "task.json"))
+    run.task.load_state_dict(read_json(out / "task.json", REMEDY["task.json"]))
     run.model.eval()  # prepare_run put it on the device, in its layout; loading keeps both
     return run

@@ -40,9 +40,7 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's process
-        return True
-    except OverflowError:  # no pid at all: not a writer's, keep it
+    except (PermissionError, OverflowError):  # another user's process; or no pid at all: keep it
         return True
     return True
 

@@ -157,19 +157,21 @@ def test_report_tabulates_p3_mean_and_std_per_method_and_proportion(tmp_path):
     (section,) = write_report(tmp_path)
     cell = section["table"].set_index(["method", "p"])["mAP"]
     # mean 0.43, sample std sqrt(2 * 0.03**2 / 1) = 0.0424
-    assert cell["partial_bce", 0.1] == "0.430 ± 0.042 (n=2)"
-    assert cell["partial_bce", 0.5] == "0.510 ± 0.014 (n=2)"
-    assert cell["known_only", 0.1] == "0.330 ± 0.042 (n=2)" and cell["unknown_negative", 0.5] == "0.410"
+    assert cell["partial_bce", 0.1] == "0.430 ± 0.042"
+    assert cell["partial_bce", 0.5] == "0.510 ± 0.014"
+    assert cell["known_only", 0.1] == "0.330 ± 0.042" and cell["unknown_negative", 0.5] == "0.410"
+    seeds = section["table"].set_index(["method", "p"])["seeds"]
+    assert seeds["partial_bce", 0.1] == 2 and seeds["unknown_negative", 0.5] == 1
     md = (tmp_path / "results.md").read_text()
     assert CLAIM in md and md.index("## P3") < md.index("### synthetic")
-    assert "| method | p | mAP | CF1@0.5 | CF1@tuned | seeds | notebooks |" in md
-    assert "| partial_bce | 0.1 | 0.430 ± 0.042 (n=2) | 0.450 ± 0.000 (n=2) |" in md
+    assert "| method | p | mAP | CF1@0.5 | CF1@tuned | seeds (n) |" in md
+    assert "| partial_bce | 0.1 | 0.430 ± 0.042 | 0.450 ± 0.000 | 0.500 ± 0.000 | 2 |" in md
     line = next(line for line in md.splitlines() if line.startswith("Differs from the paper in: "))
     assert "backbone resnet10t (paper: resnet101); image size 64 (paper: 448); random init" in line
     assert "synthetic data" in line
     assert "[seed0](runs/p3/synthetic/seed0/04_partial_labels.ipynb)" in md
     page = (tmp_path / "index.html").read_text()
-    assert "<td>partial_bce</td><td>0.1</td><td>0.430 ± 0.042 (n=2)</td>" in page and CLAIM in page
+    assert "<td class='key'>partial_bce</td><td class='key'>0.1</td><td>0.430 ± 0.042</td>" in page and CLAIM in page
     fig = plot_summary(results)
     assert len(fig.axes) == 1 and fig.axes[0].get_ylabel() == "test mAP"
 

@@ -1,19 +1,24 @@
 """Atomic writes: a file is either its old complete self or its new complete self.
 
 A write that fails (a full disk, an interrupt) leaves the old file and no temporary file
-behind; a damaged file is an error that names it and says what to do.
+behind; the temporary file of a writer that was killed goes at the next write of that file
+(:func:`remove_unlocked`, the image cache's rule too); a damaged file is an error that names
+it and says what to do.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import glob
 import json
 import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -29,45 +34,66 @@ class CorruptFileError(ValueError):
     """A file that cannot be read back (cut short or damaged); the message names it."""
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+@contextlib.contextmanager
+def locked_temp(tmp: Path):
+    """``tmp`` created (it must not exist) and opened ``w+b``, exclusively ``flock``-ed while open.
 
-
-def _alive(pid: int) -> bool:
-    if os.name != "posix":  # elsewhere os.kill does not probe; keep what may be a live writer's
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):  # another user's process; or no pid at all: keep it
-        return True
-    return True
-
-
-def _remove_stale_tmps(path: Path) -> None:
-    """Remove the temporary files of ``path`` left by writers that were killed.
-
-    Only those of processes no longer alive: another live process may be writing the same file
-    (two runs started on one folder), and removing its temporary file would fail its rename. A
-    dead writer's pid taken by an unrelated process keeps its leftover until that one ends.
+    The lock is how :func:`remove_unlocked` tells a live writer's temporary file from a dead
+    one's: the kernel drops it when its holder dies, however it dies.
     """
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.tmp(\d+)")
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.tmp*"):
-        match = pattern.fullmatch(tmp.name)
-        if match and int(match[1]) != os.getpid() and not _alive(int(match[1])):
+    while True:
+        with open(tmp, "x+b") as file:
+            fcntl.flock(file, fcntl.LOCK_EX)
+            if os.fstat(file.fileno()).st_nlink:
+                yield file
+                return
+        # Removed as stale by another process in the instant before it was locked: create it again.
+
+
+def remove_unlocked(paths: Iterable[Path]) -> list[Path]:
+    """Remove those of ``paths`` (temporary files of :func:`locked_temp`) whose lock can be
+    taken, i.e. whose writer is gone; returns them.
+
+    No clock or pid guess: a pid is reused (a dead writer's pid may belong to a live process)
+    and differs across containers sharing a folder; a live writer's file is never removed.
+    """
+    removed = []
+    for tmp in paths:
+        try:
+            fd = os.open(tmp, os.O_RDWR)  # NFS grants an exclusive lock only to a writable file
+        except OSError:
+            continue  # removed meanwhile, or not ours to touch
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a live writer
+        else:
             tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+        finally:
+            os.close(fd)
+    return removed
 
 
-def _atomic(path: str | Path, write: Callable[[Path], None], size: int | None = None) -> None:
-    """``write(tmp)`` then rename ``tmp`` to ``path``; ``size``: the bytes the write needs."""
+def _tmp_pattern(path: Path) -> re.Pattern:
+    # ".<name>.tmp<pid>-<hex>"; also the bare ".<name>.tmp<pid>" of earlier versions, never locked
+    return re.compile(rf"\.{re.escape(path.name)}\.tmp\d+(-[0-9a-f]{{8}})?")
+
+
+def _atomic(path: str | Path, write: Callable[[BinaryIO], None], size: int | None = None) -> None:
+    """``write(file)`` into a locked temporary file, then rename it to ``path``; ``size``: the
+    bytes the write needs. A killed writer's temporary file goes at the next write of ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmps(path)
-    tmp = _tmp(path)
+    pattern = _tmp_pattern(path)  # only this file's: another live file's writer may be slow
+    remove_unlocked(p for p in path.parent.glob(f".{glob.escape(path.name)}.tmp*")
+                    if pattern.fullmatch(p.name))
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{os.urandom(4).hex()}")
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        with locked_temp(tmp) as file:
+            write(file)
+            file.flush()
+            os.replace(tmp, path)  # while still locked, so the file is never taken for stale
     except BaseException as e:  # an interrupt too: nothing half-written stays behind
         written = tmp.stat().st_size if tmp.exists() else 0
         tmp.unlink(missing_ok=True)
@@ -81,17 +107,21 @@ def _atomic(path: str | Path, write: Callable[[Path], None], size: int | None = 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     data = text.encode("utf-8")
-    _atomic(path, lambda tmp: tmp.write_bytes(data), len(data))
+    _atomic(path, lambda file: file.write(data), len(data))
 
 
 def atomic_torch_save(obj, path: str | Path) -> None:
-    def save(tmp: Path) -> None:
-        # Through a Python file, so a full disk is an OSError with its errno (torch's own
-        # writer turns it into a RuntimeError without one).
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
+    # Into a Python file, so a full disk is an OSError with its errno (torch's own writer,
+    # given a path, turns it into a RuntimeError without one).
+    _atomic(path, lambda file: torch.save(obj, file))
 
-    _atomic(path, save)
+
+def atomic_save_npz(path: str | Path, arrays: dict) -> None:
+    """``arrays`` (name -> numpy array) as a compressed ``.npz`` at ``path``, atomically."""
+    import numpy as np
+
+    # A file object: given a name, numpy would add ".npz" to the temporary file's.
+    _atomic(path, lambda file: np.savez_compressed(file, **arrays))
 
 
 def json_safe(obj):

@@ -1,6 +1,7 @@
 """Nothing silent, nothing stuck: bad configs, undefined metrics, damaged files, full disks,
 killed writers and diverging losses each stop with a message that names what and where."""
 
+import contextlib
 import dataclasses
 import errno
 import json
@@ -16,6 +17,8 @@ import pytest
 import torch
 
 from annotlib import io as io_module
+from annotlib import reproduce
+from annotlib.data import DataError, load_split, synthetic
 from annotlib.data.synthetic import generate_synthetic
 from annotlib.io import (
     CorruptFileError,
@@ -26,10 +29,13 @@ from annotlib.io import (
     torch_load,
     write_json,
 )
+from annotlib.papers import PAPERS, grid
 from annotlib.train import TrainConfig, config_from, load_run, run_annotation
 from annotlib.train import loop as fit_module
 from annotlib.train import run as run_module
 from annotlib.train.config import CHECKS
+
+from .conftest import FIXTURES
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +107,6 @@ def test_edge_values_that_are_allowed_are_kept():
 
 
 def test_every_recipe_of_every_paper_builds_and_round_trips_through_json():
-    from annotlib.papers import PAPERS
     count = 0
     for paper in PAPERS.values():
         for profile in ("smoke", "quick", "paper"):
@@ -231,13 +236,26 @@ def leftovers(folder):
 def test_a_full_disk_leaves_the_old_file_and_no_temporary_file(tmp_path, monkeypatch):
     path = tmp_path / "history.csv"
     atomic_write_text(path, "old\n")
-    real_write_bytes = Path.write_bytes
+    real_locked_temp = io_module.locked_temp
 
-    def full_disk(self, data):
-        real_write_bytes(self, data[:3])  # part of it reached the disk
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    class FullFile:  # a file whose writes fail as on a full disk, part of the data written
+        def __init__(self, file):
+            self.file = file
 
-    monkeypatch.setattr(Path, "write_bytes", full_disk)
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+        def write(self, data):
+            self.file.write(data[:3])
+            self.file.flush()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    @contextlib.contextmanager
+    def full_disk(tmp):
+        with real_locked_temp(tmp) as file:
+            yield FullFile(file)
+
+    monkeypatch.setattr(io_module, "locked_temp", full_disk)
     with pytest.raises(DiskFullError) as caught:
         atomic_write_text(path, "epoch,loss\n1,0.5\n")
     error = caught.value
@@ -281,16 +299,29 @@ def dead_pid() -> int:
 
 
 def test_a_killed_writers_temporary_files_go_at_the_next_write_of_that_file(tmp_path):
-    dead, alive = dead_pid(), os.getppid()
-    for name in (f".metrics.json.tmp{dead}", f".metrics.json.tmp{alive}", f".task.json.tmp{dead}",
-                 ".metrics.json.tmpx"):
+    dead = dead_pid()
+    stale = [f".metrics.json.tmp{dead}-0badf00d", f".metrics.json.tmp{dead}"]  # the latter: older name
+    others = [f".task.json.tmp{dead}-0badf00d", ".metrics.json.tmpx"]  # another file's; not our name
+    for name in stale + others:
+        (tmp_path / name).write_text("partial")
+    live = tmp_path / f".metrics.json.tmp{dead}-feedface"
+    with io_module.locked_temp(live):  # a writer still at work holds its file's lock
+        write_json(tmp_path / "metrics.json", {"ok": True})
+        # The live writer's is kept (its rename still has to work), and so are other files'.
+        assert leftovers(tmp_path) == sorted([live.name, *others])
+    atomic_torch_save({}, tmp_path / "task.json")
+    assert leftovers(tmp_path) == sorted([live.name, ".metrics.json.tmpx"])
+
+
+def test_a_dead_writers_temporary_file_goes_even_when_its_pid_is_now_a_live_process(tmp_path):
+    # The pid recorded in the name now belongs to a live process (this one, its parent), as
+    # after the writer was killed and its pid reused: the writer is gone all the same.
+    for name in (f".metrics.json.tmp{os.getpid()}-0badf00d", f".metrics.json.tmp{os.getppid()}-0badf00d",
+                 f".metrics.json.tmp{os.getppid()}"):
         (tmp_path / name).write_text("partial")
     write_json(tmp_path / "metrics.json", {"ok": True})
-    # The live writer's is kept (its rename still has to work), and so are other files'.
-    assert leftovers(tmp_path) == sorted([f".metrics.json.tmp{alive}", f".task.json.tmp{dead}",
-                                          ".metrics.json.tmpx"])
-    atomic_torch_save({}, tmp_path / "task.json")
-    assert f".task.json.tmp{dead}" not in leftovers(tmp_path)
+    assert leftovers(tmp_path) == []
+    assert read_json(tmp_path / "metrics.json") == {"ok": True}
 
 
 # --- 5. a diverging loss stops the run ------------------------------------------------------------
@@ -329,3 +360,81 @@ def test_a_diverging_run_stops_and_is_marked_failed_not_reported(tiny, tmp_path,
     monkeypatch.setattr(fit_module, "train_epoch", original)
     assert run_annotation(tiny.replace(epochs=2), tmp_path)["selection"]["epoch"] in (1, 2)
     assert not (tmp_path / "failed.json").exists() and (tmp_path / "metrics.json").exists()
+
+
+# --- 6. a folder holding another config: one rule for run_annotation and the grid runner ------------
+
+def test_a_folder_that_never_trained_is_taken_and_one_that_trained_refused_by_both_entry_points(
+        tmp_path, monkeypatch, capsys):
+    [run] = grid("smoke", papers=["p1"])
+    # As the grid runner builds it from the command line below.
+    run = dataclasses.replace(run, config=run.config.replace(device="cpu", progress=False))
+    run_dir = tmp_path / "smoke" / "runs" / run.path
+    trainings = dict(PAPERS["p1"].trainings(run))
+    assert sorted(trainings) == ["bce", "cnn_rnn"]
+    for variant, cfg in trainings.items():  # runs of another config, both failed before an epoch
+        run_module.claim_run_dir(cfg.replace(lr=0.5), run_dir / variant)
+    (run_dir / "cnn_rnn" / "checkpoint.pt").write_bytes(b"")  # ...but this one trained an epoch
+
+    assert reproduce.stale(run, run_dir) == [
+        f"{run_dir / 'cnn_rnn' / 'config.json'} holds another config (lr: 0.002 vs 0.5, asked vs held)"]
+    with pytest.raises(ValueError, match=r"cnn_rnn/config\.json: this folder holds a run with another "
+                                         r"config \(lr: 0\.002 vs 0\.5, ours vs the folder's\)"):
+        run_module.claim_run_dir(trainings["cnn_rnn"], run_dir / "cnn_rnn")
+    run_module.claim_run_dir(trainings["bce"], run_dir / "bce")
+    assert TrainConfig.from_dict(read_json(run_dir / "bce" / "config.json")) == trainings["bce"]
+
+    executed = []
+    monkeypatch.setattr(reproduce, "execute", lambda source, target, parameters: executed.append(target.name))
+    argv = ["--profile", "smoke", "--papers", "p1", "--reports", str(tmp_path), "--device", "cpu", "--no-progress"]
+    assert reproduce.main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"{run_dir / 'cnn_rnn' / 'config.json'} holds another config (lr: 0.002 vs 0.5" in err
+    assert "bce/config.json" not in err and executed == ["99_report.ipynb"]
+    (run_dir / "cnn_rnn" / "checkpoint.pt").unlink()  # never trained after all: the folder is free
+    assert reproduce.main(argv) == 0 and executed[1:] == ["02_cnn_rnn.ipynb", "99_report.ipynb"]
+
+
+# --- 7. a data root that holds no synthetic set --------------------------------------------------
+
+@pytest.fixture
+def small_default_set(monkeypatch, tmp_path):
+    """The synthetic set's defaults made tiny (10 images of 32 px) and its cache in ``tmp_path``."""
+    monkeypatch.setenv("ANNOTLIB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(synthetic.generate_synthetic, "__kwdefaults__",
+                        {"num_images": 10, "image_size": 32, "seed": 0})
+    monkeypatch.setattr(synthetic.default_synthetic_root, "__defaults__", (10, 32, 0))
+    return synthetic.default_synthetic_root()
+
+
+def test_generating_the_synthetic_set_into_a_given_folder_is_a_warning_naming_it(small_default_set, tmp_path,
+                                                                                  caplog):
+    root = tmp_path / "synthetik"  # meant: an existing set, mistyped
+    with caplog.at_level(logging.INFO, logger="annotlib.data.synthetic"):
+        assert len(load_split("synthetic", "test", root)) == 2
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", f"{root}: no synthetic set there, generating one (10 images of 32 px, seed 0)")]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="annotlib.data.synthetic"):
+        assert len(load_split("synthetic", "test", root)) == 2  # there now: read, not generated again
+        # The default folder, in the cache, is generated on first use by design: said, not warned.
+        assert len(load_split("synthetic", "test")) == 2
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("INFO", f"{small_default_set}: no synthetic set there, generating one (10 images of 32 px, seed 0)")]
+
+
+def test_a_synthetic_data_root_without_a_parent_or_holding_something_else_is_an_error_naming_it(
+        small_default_set, tmp_path):
+    root = tmp_path / "no-such-folder" / "synthetic"
+    with pytest.raises(DataError, match=rf"^{re.escape(str(root))}: no such folder, nor its parent "
+                                        rf"{re.escape(str(root.parent))} \(a mistyped data_root\?\)"):
+        load_split("synthetic", "train", root)
+    assert not root.parent.exists()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("not images")
+    with pytest.raises(DataError, match=rf"^{re.escape(str(tmp_path / 'other'))}: exists and is not a synthetic set"):
+        load_split("synthetic", "train", tmp_path / "other")
+    assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["notes.txt"]
+    with pytest.raises(DataError, match=rf"^{re.escape(str(FIXTURES / 'aia' / 'train.json'))}: not a generated "
+                                        r"synthetic set"):  # an AIA set: the same layout, other data
+        load_split("synthetic", "train", FIXTURES / "aia")

@@ -27,9 +27,13 @@ class DatasetInfo:
 
 
 def _synthetic(root: Path, split: str) -> Split:
-    from .synthetic import generate_synthetic, read_synthetic
+    from .synthetic import default_synthetic_root, generate_synthetic, read_synthetic
     if not (root / "train.json").exists():  # generated once, with the default parameters
-        generate_synthetic(root)
+        if not root.parent.is_dir() and root != default_synthetic_root():
+            raise DataError(f"{root}: no such folder, nor its parent {root.parent} (a mistyped "
+                            "data_root?); give the folder of a synthetic set, or a new one to generate "
+                            "it in, inside an existing folder")
+        generate_synthetic(root)  # logs a warning naming the folder
     return read_synthetic(root, split)
 
 

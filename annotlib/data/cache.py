@@ -12,10 +12,8 @@ does not match is decoded again with a warning, never used as it is.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
-import fcntl
 import hashlib
 import json
 import math
@@ -34,6 +32,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..io import locked_temp, remove_unlocked
+from .batches import release_pages
 from .labels import DataError
 
 CACHE_VERSION = 1  # bump when the decode/resize recipe changes
@@ -170,46 +170,20 @@ def _open_checked(target: Path, key: str, shape: tuple) -> tuple[np.ndarray | No
 
 
 def _remove_stale_temps(folder: Path) -> None:
-    """Remove the temporary files of builds that were killed, of any key.
+    """Remove the temporary files (and their sidecars) of builds that were killed, of any key.
 
-    A build holds an exclusive ``flock`` on its temporary file until it is renamed; the
-    kernel drops the lock when the holder dies, however it dies. So a temporary file whose
-    lock can be taken has no live writer: this needs no clock or pid guess (pids are reused
-    and differ across containers sharing a cache folder) and never removes a live build's file.
+    A build holds its temporary file locked (:func:`~annotlib.io.locked_temp`) until it is
+    renamed, so one whose lock can be taken has no live writer and never is a live build's.
     """
-    for tmp in folder.glob("*.tmp*.npy"):
-        try:
-            fd = os.open(tmp, os.O_RDWR)
-        except OSError:
-            continue  # removed meanwhile, or not ours to touch
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            continue  # a live build
-        else:
-            _sidecar(tmp).unlink(missing_ok=True)
-            tmp.unlink(missing_ok=True)
-        finally:
-            os.close(fd)
-
-
-@contextlib.contextmanager
-def _locked_temp(tmp: Path):
-    """``tmp`` created and exclusively locked while open (see :func:`_remove_stale_temps`)."""
-    while True:
-        with open(tmp, "x+b") as file:
-            fcntl.flock(file, fcntl.LOCK_EX)
-            if os.fstat(file.fileno()).st_nlink:
-                yield file
-                return
-        # Removed as stale by another build in the instant before it was locked: create it again.
+    for tmp in remove_unlocked(folder.glob("*.tmp*.npy")):
+        _sidecar(tmp).unlink(missing_ok=True)
 
 
 def _build(target: Path, key: str, shape: tuple, paths: list[Path], workers: int | None,
            progress: bool) -> None:
     tmp = target.with_name(f"{key}.tmp{os.getpid()}-{os.urandom(4).hex()}.npy")
     try:
-        with _locked_temp(tmp) as file:
+        with locked_temp(tmp) as file:
             np.lib.format.write_array_header_1_0(file, {"descr": "|u1", "fortran_order": False,
                                                         "shape": shape})
             file.flush()
@@ -286,11 +260,14 @@ def _allocate(file, total: int) -> None:
 
 
 def _fill(out: np.ndarray, results, chunk: int, progress: bool, total: int) -> None:
-    if progress:
-        from tqdm.auto import tqdm
-        results = tqdm(results, total=total, desc=f"decoding {len(out)} images", unit="chunk")
+    # A plain line per tenth, not a bar: readable in a log and in an executed notebook.
+    started, shown = time.perf_counter(), 0
     for i, block in enumerate(results):
         out[i * chunk:i * chunk + len(block)] = block
+        if progress and (i + 1) * 10 // total > shown:
+            shown = (i + 1) * 10 // total
+            print(f"decoding {len(out)} images: {min((i + 1) * chunk, len(out))} done in "
+                  f"{time.perf_counter() - started:.0f} s", flush=True)
 
 
 def channel_stats(images: np.ndarray, max_images: int = 2000) -> tuple[list[float], list[float]]:
@@ -312,6 +289,7 @@ def channel_stats(images: np.ndarray, max_images: int = 2000) -> tuple[list[floa
         sums += block.sum(0).astype(np.int64)
         squares += np.einsum("ij,ij->j", block, block).astype(np.int64)
         del block  # before the next one is made, so only one block is alive
+        release_pages(images)  # and the map's pages read so far leave the resident set
     sums, squares = [int(s) for s in sums], [int(q) for q in squares]
     mean = [s / count / 255 for s in sums]
     std = [math.sqrt(count * q - s * s) / count / 255 for s, q in zip(sums, squares)]

@@ -29,6 +29,7 @@ from __future__ import annotations
 import colorsys
 import dataclasses
 import json
+import logging
 import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
@@ -43,6 +44,8 @@ from .cache import cache_dir
 from .labels import DataError, Split
 
 VERSION = 1  # bump when the drawing recipe changes; it is part of the default root and the params
+
+log = logging.getLogger(__name__)
 
 EMOTIONS = ("amusement", "contentment", "awe", "excitement", "fear", "sadness", "disgust", "anger")
 
@@ -111,6 +114,7 @@ def generate_synthetic(root: Path, *, num_images: int = 3000, image_size: int = 
 
     Returns at once when ``root`` already holds a set with the same parameters. The set is
     written to a temporary sibling and renamed into place, so ``root`` is complete or absent.
+    Generating is logged naming ``root``: a warning, except into :func:`default_synthetic_root`.
     """
     if num_images < 5 or image_size < 32:
         raise ValueError(f"need num_images >= 5 and image_size >= 32, got {num_images}, {image_size}")
@@ -121,6 +125,12 @@ def generate_synthetic(root: Path, *, num_images: int = 3000, image_size: int = 
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise DataError(f"{root}: exists and is not a synthetic set with parameters {params}; "
                         "remove it or choose another root")
+    # Said aloud: a mistyped data_root would otherwise get a new set silently. The default
+    # root, in the cache, is generated there by design.
+    default = root == default_synthetic_root(num_images, image_size, seed)
+    log.log(logging.INFO if default else logging.WARNING,
+            "%s: no synthetic set there, generating one (%d images of %d px, seed %d)",
+            root, num_images, image_size, seed)
     root.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(root)
     tmp = root.parent / f".{root.name}.partial-{os.getpid()}"
@@ -158,6 +168,9 @@ def read_synthetic(root: Path, split: str) -> Split:
     base = read_aia(root, split, "synthetic")
     path = root / f"{split}.json"
     doc = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(doc.get("params"), dict):  # e.g. an AIA set, in the same layout
+        raise DataError(f"{path}: not a generated synthetic set (it has no params); give the folder "
+                        "of one, or a new folder to generate one in")
     if doc.get("emotions") != list(EMOTIONS):
         raise DataError(f"{path}: emotion list {doc.get('emotions')} is not {list(EMOTIONS)}")
     boxes, captions, emotions = [], [], []

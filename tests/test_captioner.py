@@ -12,6 +12,7 @@ from annotlib.losses.disagreement import (
     JointCaptionLoss,
     class_activation_map,
     disagreement_loss,
+    mean_class_map,
     step_attention,
 )
 from annotlib.metrics.localisation import energy_in_box, pointing_game
@@ -243,6 +244,10 @@ def test_cam_equals_pytorch_grad_cam_on_a_gap_linear_model():
                                      torch.arange(4).repeat(3)).view(3, 4, 5, 5)
     expected = (per_class * multi_hot[..., None, None]).sum(1) / multi_hot.sum(1)[:, None, None]
     np.testing.assert_allclose(ours, expected.detach().numpy(), rtol=1e-5, atol=1e-6)
+    # From every class's map, as evaluation gets them: the same mean, and the one-hot case.
+    np.testing.assert_allclose(mean_class_map(per_class, multi_hot).detach().numpy(), expected.detach().numpy(),
+                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(mean_class_map(per_class, classes), per_class[[0, 1, 2], classes])
     # The mean of the positive logits as grad-cam's target gives the mean of their CAMs.
     targets = [lambda out, row=row: out[row.bool()].mean() for row in multi_hot]
     with GradCAM(model=model, target_layers=[model.features]) as explainer:

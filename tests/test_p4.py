@@ -143,12 +143,13 @@ def test_the_task_trains_predicts_from_images_only_and_saves_its_vocabulary(root
     monkeypatch.setattr(CamCaptioner, "decode", spy)
     metrics = run_annotation(config(root), tmp_path)
     # every prediction: one image tensor and the search's options, nothing of the batch
-    assert calls and all(len(args) == 1 and set(kwargs) == {"beam_size", "max_length"} for args, kwargs in calls)
+    assert calls and all(len(args) == 1 and set(kwargs) == {"beam_size", "max_length", "cams"} for args, kwargs in calls)
     assert all(args[0].shape[1:] == (3, 32, 32) and args[0].is_floating_point() for args, _ in calls)
     assert metrics["selection"]["metric"] == "CIDEr-D" and metrics["task"] == "captioning"
     test = metrics["test"]
     for name in ("BLEU-4", "ROUGE-L", "CIDEr-D", "mAP", "CF1@0.5", "agreement_kl", "agreement_peak",
-                 "pointing_game_cam", "pointing_game_attention", "energy_in_box_cam", "localisation_queries"):
+                 "agreement_kl_uniform", "agreement_kl_predicted", "agreement_peak_predicted", "pointing_game_cam",
+                 "pointing_game_attention", "energy_in_box_cam", "localisation_queries"):
         assert name in test and np.isfinite(test[name]), name
     history = (tmp_path / "history.csv").read_text().splitlines()[0].split(",")
     assert {"val_BLEU-4", "val_CIDEr-D", "val_mAP"} <= set(history) and "val_METEOR" not in history
@@ -253,7 +254,7 @@ def test_class_word_steps_pair_each_true_class_with_the_steps_naming_it():
     targets = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.int8)  # cat, dog / cat
     out = net(torch.randn(2, 3, 64, 64), tokens=tokens, cams=True)
     attention = out["attention"].flatten(2)
-    pooled, cams = t._training_maps(out, attention, tokens, targets)
+    pooled, cams = t._agreement_maps(attention, tokens[:, 1:], targets, out["cams"])
     expected = torch.zeros(2, 4, attention.shape[-1])
     expected[0, 0] = attention[0, 1]  # target "cat" is step 1's
     expected[0, 1] = attention[0, 2]  # "dog" step 2's; image 1 never says "cat"
@@ -308,10 +309,91 @@ def test_localisation_and_agreement_by_hand():
     # the mean attention is half top-left, half top-right: it peaks at the first maximum, top-left
     assert metrics["pointing_game_attention"] == pytest.approx(0.5)
     assert t.scaled_boxes(split, 4)[1].tolist() == [[1.0, 2.0, 0.0, 4.0, 2.0]]
-    agreement = t._agreement(outputs)
+    outputs["cams"] = torch.zeros(3, 4, 2, 2)
+    outputs["cams"][[0, 1, 2], [0, 1, 2]] = cam  # each image's true class is its predicted one here
+    agreement = t._agreement(outputs, split)
     pooled = torch.tensor([[0.5, 0.5], [0.0, 0.0]]).expand(3, 2, 2)
-    assert agreement["agreement_kl"] == pytest.approx(float(disagreement_loss(pooled, cam)))
-    assert agreement["agreement_peak"] == pytest.approx(2 / 3)  # a.png and c.png peak top-left
+    for suffix in ("", "_predicted"):
+        assert agreement[f"agreement_kl{suffix}"] == pytest.approx(float(disagreement_loss(pooled, cam)))
+        assert agreement[f"agreement_peak{suffix}"] == pytest.approx(2 / 3)  # a.png and c.png peak top-left
+
+
+def agreement_case(dis_steps):
+    """Three images on a 2 x 2 grid whose decoded attention equals, step by step, the softmax
+    of the CAM that L_dis pairs it with (image 0: two true classes, their mean CAM; image 1:
+    one; image 2: none, its attention anywhere), while each predicted class is a false one
+    (image 2's named in its caption, so that class-word steps have a predicted pair)."""
+    t = ready(create_task("captioning", "joint_caption", {}, dis_steps=dis_steps))
+    g = torch.Generator().manual_seed(4)
+    cams = 3 * torch.randn(3, 4, 2, 2, generator=g)
+    labels = torch.tensor([[1, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 0]], dtype=torch.int8)
+    # ids 5..8 are cat, dog, sun, sea: image 0 says "cat sun", image 1 "zero dog", image 2 "sea zero"
+    tokens = torch.tensor([[5, 7, 2, 0], [4, 6, 2, 0], [8, 4, 2, 0]])
+    attention = torch.zeros(3, 4, 4)
+    if dis_steps == "all":
+        attention[0, :3] = (cams[0, [0, 2]].mean(0)).flatten().softmax(0)
+        attention[1, :3] = cams[1, 1].flatten().softmax(0)
+    else:  # the steps naming a true class follow its CAM; the others look elsewhere
+        attention[:, :3] = torch.tensor([0.0, 0.0, 0.0, 1.0])
+        attention[0, 0] = cams[0, 0].flatten().softmax(0)
+        attention[0, 1] = cams[0, 2].flatten().softmax(0)
+        attention[1, 1] = cams[1, 1].flatten().softmax(0)
+    attention[2, :3] = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    predicted = torch.tensor([3, 0, 3])
+    outputs = {"cams": cams, "cam": cams[[0, 1, 2], predicted], "predicted": predicted, "tokens": tokens,
+               "attention": attention.view(3, 4, 2, 2)}
+    split = Split("toy", "test", list(CLASSES), ["a.png", "b.png", "c.png"], labels=labels,
+                  captions=[["w"]] * 3)
+    return t, outputs, split
+
+
+@pytest.mark.parametrize("dis_steps", ["all", "class_words"])
+def test_attention_that_is_the_true_classes_cam_agrees_perfectly(dis_steps):
+    t, outputs, split = agreement_case(dis_steps)
+    agreement = t._agreement(outputs, split)
+    assert agreement["agreement_kl"] == pytest.approx(0.0, abs=1e-6)
+    assert agreement["agreement_peak"] == 1.0
+    # against the predicted (false) classes' CAMs the same attention disagrees
+    assert agreement["agreement_kl_predicted"] > 0.1
+    # a uniform attention on the same pairs: the mean of KL(u || softmax CAM), by hand
+    cams = outputs["cams"].flatten(2).numpy().astype(np.float64)
+    pairs = [cams[0, [0, 2]].mean(0), cams[1, 1]] if dis_steps == "all" else [cams[0, 0], cams[0, 2], cams[1, 1]]
+    by_hand = [np.sum(0.25 * (np.log(0.25) - (c - np.log(np.exp(c).sum())))) for c in pairs]
+    assert agreement["agreement_kl_uniform"] == pytest.approx(np.mean(by_hand), rel=1e-5)
+    # image 1's pair looking at the last cell only: the mean rises by that pair's KL
+    moved = dict(outputs, attention=outputs["attention"].clone())
+    steps = slice(0, 3) if dis_steps == "all" else slice(1, 2)  # all its steps, or its "dog"
+    moved["attention"][1, steps] = torch.tensor([[0.0, 0.0], [0.0, 1.0]])
+    kl = float(-outputs["cams"][1, 1].flatten().log_softmax(0)[3])  # KL(one-hot || softmax CAM)
+    pairs = 2 if dis_steps == "all" else 3  # images, or (image, class) pairs with a naming step
+    assert t._agreement(moved, split)["agreement_kl"] == pytest.approx(kl / pairs, rel=1e-4)
+
+
+def test_training_with_the_disagreement_loss_lowers_the_evaluated_disagreement():
+    # The same initialisation and batches, with and without L_dis: the evaluated agreement
+    # (decoded captions, true classes' CAMs) must be lower with it, as L_dis is what it scores.
+    torch.manual_seed(2)
+    images = torch.randn(16, 3, 64, 64)
+    labels = (torch.rand(16, 4) < 0.4).to(torch.int8)
+    tokens = torch.randint(4, 9, (16, 1, 6))
+    tokens[:, :, 0], tokens[:, :, -1] = 1, 2
+    data = {"image": images, "tokens": tokens, "targets": labels}
+    split = Split("toy", "train", list(CLASSES), [f"{i}.png" for i in range(16)], labels=labels,
+                  captions=[["w"]] * 16)
+    scores = {}
+    for lambda_dis in (0.0, 1.0):
+        net = model(freeze_backbone=True)
+        t = ready(create_task("captioning", "joint_caption", {"lambda_dis": lambda_dis}, max_length=6))
+        optimiser = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-2)
+        torch.manual_seed(3)
+        for _ in range(15):
+            optimiser.zero_grad()
+            t.training_step(net, data).backward()
+            optimiser.step()
+        with torch.no_grad():
+            outputs = t.predict_step(net.eval(), images)
+        scores[lambda_dis] = t._agreement(outputs, split)["agreement_kl"]
+    assert scores[1.0] < 0.75 * scores[0.0]  # 0.38 of it here; 0.38-0.50 over four data seeds
 
 
 # ---------------------------------------------------------------- datasets

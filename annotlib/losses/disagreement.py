@@ -38,6 +38,26 @@ def step_attention(attention: torch.Tensor,
     return total / step_mask.sum(dim=1, keepdim=True).clamp(min=1)
 
 
+def class_shares(classes: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``B x K`` float32: each image's weight on each class in the mean of its classes' maps.
+
+    ``classes`` is either ``B`` class ids (one-hot rows) or a ``B x K`` multi-hot (positives
+    > 0; 0 negative, -1 unknown): each positive class gets ``1 / (number of positives)``; an
+    image with no positive class gets an all-0 row.
+    """
+    is_ids = not classes.is_floating_point() and classes.dtype != torch.bool
+    if classes.ndim == 1 and is_ids:
+        if classes.numel() and not ((classes >= 0) & (classes < num_classes)).all():
+            raise ValueError(f"classes must lie in [0, {num_classes}), got "
+                             f"[{int(classes.min())}, {int(classes.max())}]")
+        return nn.functional.one_hot(classes, num_classes).float()
+    if classes.ndim == 2 and classes.shape[1] == num_classes:
+        positive = (classes > 0).float()
+        return positive / positive.sum(dim=1, keepdim=True).clamp(min=1)
+    raise ValueError(f"classes must be class ids or a B x {num_classes} multi-hot, "
+                     f"got {classes.dtype} of shape {tuple(classes.shape)}")
+
+
 def class_activation_map(features: torch.Tensor, weight: torch.Tensor, classes: torch.Tensor,
                          bias: torch.Tensor | None = None) -> torch.Tensor:
     """``B x H x W``: ``CAM_c = sum_k w_ck F_k`` (Zhou et al. 2016) of each image's class.
@@ -45,10 +65,11 @@ def class_activation_map(features: torch.Tensor, weight: torch.Tensor, classes: 
     ``features`` is the CNN's last map ``F`` (``B x D x H x W``) read by a global-average-pool +
     linear classifier of ``weight`` (``K x D``). ``classes`` is either ``B`` class ids or a
     ``B x K`` multi-hot (positives > 0; 0 negative, -1 unknown): then the map is the mean of
-    the positive classes' CAMs, which by linearity is the CAM of their mean weight; an image
-    with no positive class gets an all-0 map (leave it out of :func:`disagreement_loss` by
-    zeroing its attention row). ``bias`` (``K``), None by default as in Zhou et al., adds
-    ``b_c`` to every cell so that the map's mean over the grid is the class logit.
+    the positive classes' CAMs (:func:`class_shares`), which by linearity is the CAM of their
+    mean weight; an image with no positive class gets an all-0 map (leave it out of
+    :func:`disagreement_loss` by zeroing its attention row). ``bias`` (``K``), None by default
+    as in Zhou et al., adds ``b_c`` to every cell so that the map's mean over the grid is the
+    class logit.
     """
     if features.ndim != 4:
         raise ValueError(f"features must be B x D x H x W, got shape {tuple(features.shape)}")
@@ -58,22 +79,24 @@ def class_activation_map(features: torch.Tensor, weight: torch.Tensor, classes: 
     num_classes = weight.shape[0]
     if bias is not None and bias.shape != (num_classes,):
         raise ValueError(f"bias must have shape ({num_classes},), got {tuple(bias.shape)}")
-    is_ids = not classes.is_floating_point() and classes.dtype != torch.bool
-    if classes.shape == (batch,) and is_ids:
-        if classes.numel() and not ((classes >= 0) & (classes < num_classes)).all():
-            raise ValueError(f"classes must lie in [0, {num_classes}), got "
-                             f"[{int(classes.min())}, {int(classes.max())}]")
-        share = nn.functional.one_hot(classes, num_classes).to(weight.dtype)
-    elif classes.shape == (batch, num_classes):
-        positive = (classes > 0).to(weight.dtype)
-        share = positive / positive.sum(dim=1, keepdim=True).clamp(min=1)
-    else:
+    if classes.shape[:1] != (batch,):
         raise ValueError(f"classes must be {batch} class ids or a {batch} x {num_classes} "
                          f"multi-hot, got {classes.dtype} of shape {tuple(classes.shape)}")
+    share = class_shares(classes, num_classes).to(weight.dtype)
     cam = torch.einsum("bd,bdhw->bhw", share @ weight, features)
     if bias is not None:
         cam = cam + (share @ bias)[:, None, None]
     return cam
+
+
+def mean_class_map(cams: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """``B x H x W``: the mean of the maps of each image's classes (:func:`class_shares`),
+    from every class's map ``cams`` (``B x K x H x W``); equal to :func:`class_activation_map`
+    of the same classes where ``cams`` are the per-class CAMs of its features and weight."""
+    if cams.ndim != 4 or classes.shape[:1] != cams.shape[:1]:
+        raise ValueError(f"cams must be B x K x H x W with one row of classes per image, got cams "
+                         f"{tuple(cams.shape)} and classes {tuple(classes.shape)}")
+    return torch.einsum("bk,bkhw->bhw", class_shares(classes, cams.shape[1]).to(cams.dtype), cams)
 
 
 def _kl(p: torch.Tensor, q: torch.Tensor, eps: float) -> torch.Tensor:

@@ -69,13 +69,16 @@ class CamCaptioner(ImageModel):
     def _classify(self, features: torch.Tensor) -> torch.Tensor:
         return self.classifier(features.mean(dim=(2, 3)))
 
+    def _class_maps(self, features: torch.Tensor) -> torch.Tensor:
+        """``B x C x H x W``: every class's CAM, without bias."""
+        return torch.einsum("bdhw,cd->bchw", features, self.classifier.weight)
+
     def cam(self, x: torch.Tensor) -> torch.Tensor:
         """``B x C x H x W``: every class's map plus its bias, whose grid mean is its logit (the
         interface of :func:`annotlib.viz.class_activation_maps`)."""
         features = self.feature_map(x)
         with torch.autocast(x.device.type, enabled=False):
-            lin = self.classifier
-            return torch.einsum("bdhw,cd->bchw", features, lin.weight) + lin.bias[None, :, None, None]
+            return self._class_maps(features) + self.classifier.bias[None, :, None, None]
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor | None = None,
                 classes: torch.Tensor | None = None, cams: bool = False) -> dict[str, torch.Tensor]:
@@ -95,7 +98,7 @@ class CamCaptioner(ImageModel):
             if classes is not None:
                 out["cam"] = class_activation_map(features, weight, classes)
             if cams:
-                out["cams"] = torch.einsum("bdhw,cd->bchw", features, weight)
+                out["cams"] = self._class_maps(features)
             if tokens is not None:
                 if self.captioner is None:
                     raise ValueError("this cam_captioner was built with captioner=False: it cannot "
@@ -106,9 +109,12 @@ class CamCaptioner(ImageModel):
         return out
 
     @torch.no_grad()
-    def decode(self, images: torch.Tensor, beam_size: int = 3, max_length: int = 20) -> dict[str, torch.Tensor]:
+    def decode(self, images: torch.Tensor, beam_size: int = 3, max_length: int = 20,
+               cams: bool = False) -> dict[str, torch.Tensor]:
         """Prediction: a dict with ``logits`` ``B x C``, ``predicted`` (``B``, the top class),
-        ``cam`` ``B x H x W`` (its CAM, without bias) and, with a captioner, the beam search's
+        ``cam`` ``B x H x W`` (its CAM, without bias), with ``cams=True`` every class's CAM
+        ``cams`` ``B x C x H x W`` (without bias: ``C x H x W`` floats per image, fewer than the
+        feature map's ``D x H x W`` where ``C < D``), and, with a captioner, the beam search's
         ``tokens`` ``B x max_length`` (<end> included, PAD after), ``attention``
         ``B x max_length x H x W`` (0 after <end>) and ``caption_log_prob`` ``B``."""
         features = self.feature_map(images)
@@ -117,6 +123,8 @@ class CamCaptioner(ImageModel):
             predicted = logits.argmax(dim=1)
             out = {"logits": logits, "predicted": predicted,
                    "cam": class_activation_map(features, self.classifier.weight, predicted)}
+            if cams:
+                out["cams"] = self._class_maps(features)
             if self.captioner is not None:
                 caption = self.captioner.decode(features, beam_size=beam_size, max_length=max_length)
                 out["tokens"] = caption.tokens

@@ -17,7 +17,12 @@ from torch.nn import functional as F
 from ..data import Split
 from ..data.captions import CONCEPT_STOPWORDS, MIN_WORD_COUNT, CaptionVocabulary, tokenize
 from ..losses.bce import bce_loss
-from ..losses.disagreement import JointCaptionLoss, disagreement_loss, step_attention
+from ..losses.disagreement import (
+    JointCaptionLoss,
+    disagreement_loss,
+    mean_class_map,
+    step_attention,
+)
 from ..metrics import annotation_metrics, mean_average_precision
 from ..metrics.captioning import caption_metrics
 from ..metrics.classification import accuracy
@@ -79,16 +84,20 @@ class CaptioningTask(Task):
       mean attention over the steps whose target word names it, :func:`class_words`, against
       its own CAM; pairs without such a step are left out). ``dis_target``: "both" maps get
       L_dis's gradient, or only "attention" (CAM detached) or only the "cam".
-    - Prediction: beam search (``beam_size``, ``max_length`` tokens) and the predicted
-      class's CAM. A model built without captioner (``head_kwargs={"captioner": false}``)
-      trains and predicts classes only; it needs ``lambda_cap=0`` and ``lambda_dis=0``.
+    - Prediction: beam search (``beam_size``, ``max_length`` tokens), the predicted class's
+      CAM and every class's CAM (from images only; targets pick among them in evaluation). A
+      model built without captioner (``head_kwargs={"captioner": false}``) trains and
+      predicts classes only; it needs ``lambda_cap=0`` and ``lambda_dis=0``.
     - Evaluation: caption metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D), class metrics, the
-      agreement of the pooled decoded attention with the predicted class's CAM
-      (``agreement_kl``: L_dis with the loss's options; ``agreement_peak``: the share of images
-      whose two maps peak in the same cell), and, where the split has boxes indexing its
-      classes, pointing game and energy-in-box of the CAM and of the pooled attention for the
-      query (image, predicted class), skipping images without a box of that class
-      (``localisation_queries``: the share of images queried).
+      agreement that L_dis optimises, on the decoded captions: their attention and the CAMs of
+      the image's true classes, paired as in training (``agreement_kl``: L_dis with the loss's
+      options; ``agreement_peak``: the share of pairs whose two maps peak in the same cell;
+      ``agreement_kl_uniform``: the same for a uniform attention; :meth:`_agreement`), the
+      same against the top predicted class's CAM
+      (``agreement_kl_predicted``, ``agreement_peak_predicted``), and, where the split has
+      boxes indexing its classes, pointing game and energy-in-box of the CAM and of the pooled
+      attention for the query (image, predicted class), skipping images without a box of that
+      class (``localisation_queries``: the share of images queried).
     - Selection: val CIDEr-D (with a captioner trained, ``lambda_cap > 0``), else accuracy or
       mAP; :meth:`validation_metrics` scores BLEU-4 and CIDEr-D only, tokenised by
       :func:`tokenize`, without Java (no PTB tokeniser, no METEOR), so that it is cheap every epoch.
@@ -206,7 +215,8 @@ class CaptioningTask(Task):
             out = model(batch["image"], tokens=tokens, cams=True)
         attention = out["attention"].flatten(2)  # B x T x N
         caption_loss = AttentionCaptioner.caption_loss(out["caption_logits"], tokens, attention, self.alpha_c)
-        pooled, cam = self._training_maps(out, attention, tokens, targets)
+        maps = out["cam"] if self.dis_steps == "all" else out["cams"]
+        pooled, cam = self._agreement_maps(attention, tokens[:, 1:], targets, maps)
         if self.dis_target == "attention":
             cam = cam.detach()
         elif self.dis_target == "cam":
@@ -219,30 +229,40 @@ class CaptioningTask(Task):
             return F.one_hot(targets, len(self.classes)).bool()
         return targets > 0
 
-    def _training_maps(self, out, attention, tokens, targets):
-        """(attention, CAM) pairs for L_dis; a pair whose attention row is all 0 is left out."""
+    def _agreement_maps(self, attention, words, targets, maps):
+        """The (attention, CAM) pairs that L_dis compares, in training (the teacher-forced steps
+        of a reference caption) and in evaluation (the decoded caption's steps) alike.
+
+        ``attention`` ``B x T x N``: step ``t``'s map, attended while emitting ``words[:, t]``
+        (``B x T``, <end> included, PAD after); ``targets`` the images' true classes; ``maps``
+        the mean CAM of each image's true classes ``B x H x W`` (``dis_steps="all"``) or every
+        class's CAM ``B x C x H x W`` ("class_words"). A pair whose attention row is all 0 is
+        left out by :func:`disagreement_loss`.
+        """
         if self.dis_steps == "all":
-            pooled = step_attention(attention, tokens[:, 1:] != PAD)
+            pooled = step_attention(attention, words != PAD)
             # An image without a true class has an all-0 CAM: leave it out rather than pull
             # its attention towards the uniform map.
             pooled = pooled * self._positives(targets).any(1, keepdim=True)
-            return pooled, out["cam"]
-        steps = self.word_names(tokens.device)[tokens[:, 1:]] & self._positives(targets)[:, None, :]  # B x T x C
+            return pooled, maps
+        steps = self.word_names(words.device)[words] & self._positives(targets)[:, None, :]  # B x T x C
         steps = steps.to(attention.dtype)
         pooled = torch.einsum("btc,btn->bcn", steps, attention) / steps.sum(1)[..., None].clamp(min=1)
-        cams = out["cams"]
-        return pooled.flatten(0, 1), cams.flatten(0, 1)
+        return pooled.flatten(0, 1), maps.flatten(0, 1)
 
     # ------------------------------------------------------------ prediction
 
     def predict_step(self, model, images):
-        out = model.decode(images, beam_size=self.beam_size, max_length=self.max_length)
+        # Every class's CAM goes with the captions: evaluation pairs the attention with the
+        # true classes' maps, which prediction, seeing images only, cannot pick.
+        captioner = _unwrap(model).captioner is not None
+        out = model.decode(images, beam_size=self.beam_size, max_length=self.max_length, cams=captioner)
         logits = out["logits"].float()
         scores = logits.softmax(1) if self.mode == "categories" else torch.sigmoid(logits)
         result = {"logits": logits, "scores": scores, "predicted": out["predicted"], "cam": out["cam"].float(),
                   "image_size": torch.full((len(images),), images.shape[-1], device=images.device)}
-        if "tokens" in out:
-            result.update(tokens=out["tokens"], attention=out["attention"].float())
+        if captioner:
+            result.update(tokens=out["tokens"], attention=out["attention"].float(), cams=out["cams"].float())
         return result
 
     def captions(self, outputs) -> list[str]:
@@ -272,9 +292,9 @@ class CaptioningTask(Task):
         return mean.view(attention.shape[0], *attention.shape[2:])
 
     def agreement_attention(self, outputs) -> torch.Tensor:
-        """The pooled attention that the agreement metrics compare with the predicted class's
-        CAM: over every decoded token, or (``dis_steps="class_words"``) over the tokens naming
-        the predicted class."""
+        """The pooled attention that ``agreement_kl_predicted`` compares with the predicted
+        class's CAM: over every decoded token, or (``dis_steps="class_words"``) over the tokens
+        naming the predicted class."""
         if self.dis_steps == "all":
             return self.pooled_attention(outputs)
         tokens = outputs["tokens"]
@@ -282,14 +302,43 @@ class CaptioningTask(Task):
         steps = names.gather(2, outputs["predicted"][:, None, None].expand(-1, tokens.shape[1], 1))[..., 0]
         return self.pooled_attention(outputs, steps)
 
-    def _agreement(self, outputs) -> dict[str, float]:
-        attention, cam = self.agreement_attention(outputs), outputs["cam"]
-        valid = attention.flatten(1).sum(1) > 0
+    def _agreement_scores(self, attention, cam, suffix: str = "") -> dict[str, float]:
+        """``agreement_kl``: :func:`disagreement_loss` (the run's options) over the pairs with
+        attention; ``agreement_peak``: the share of those pairs whose two maps peak in the
+        same cell (the first maximum of each)."""
+        attention = attention.flatten(1)
+        valid = attention.sum(1) > 0
         if not valid.any():
             return {}
         kl = disagreement_loss(attention, cam, **self.loss.options)
-        same = attention.flatten(1).argmax(1) == cam.flatten(1).argmax(1)
-        return {"agreement_kl": float(kl), "agreement_peak": float(same[valid].float().mean())}
+        same = attention.argmax(1) == cam.flatten(1).argmax(1)
+        return {f"agreement_kl{suffix}": float(kl), f"agreement_peak{suffix}": float(same[valid].float().mean())}
+
+    def _agreement(self, outputs, split: Split) -> dict[str, float]:
+        """What L_dis optimises, on the decoded captions: ``agreement_kl`` and
+        ``agreement_peak`` pair the decoded caption's attention with the CAMs of the image's
+        true classes exactly as training pairs the teacher-forced attention
+        (:meth:`_agreement_maps`: the mean attention over the caption's steps against the mean
+        CAM of the true classes, or per true class the steps naming it against its CAM),
+        images without a true class left out. ``agreement_kl_uniform``: L_dis of a uniform
+        attention against the same CAMs, what their peakiness alone costs (L_dis also flattens
+        the CAM it trains, which lowers ``agreement_kl`` without any attention moving; the
+        attention follows the CAM where ``agreement_kl`` is below this).
+        ``agreement_kl_predicted`` and ``agreement_peak_predicted`` pair it with the top predicted class's CAM (the map the
+        notebook draws; what a user sees without labels), which L_dis does not train: with
+        multi-hot targets the top class is one of several, or none, of the true ones."""
+        targets = self.targets(split)
+        cams = outputs["cams"]
+        maps = mean_class_map(cams, targets) if self.dis_steps == "all" else cams
+        pooled, cam = self._agreement_maps(outputs["attention"].flatten(2), outputs["tokens"], targets, maps)
+        metrics = self._agreement_scores(pooled, cam)
+        if metrics:
+            pooled = pooled.flatten(1)
+            kept = (pooled.sum(1, keepdim=True) > 0).float()  # the same pairs, left out alike
+            uniform = kept.expand_as(pooled) / pooled.shape[1]
+            metrics["agreement_kl_uniform"] = float(disagreement_loss(uniform, cam, **self.loss.options))
+        metrics.update(self._agreement_scores(self.agreement_attention(outputs), outputs["cam"], "_predicted"))
+        return metrics
 
     def _original_size(self, path) -> tuple[int, int]:
         key = str(path)
@@ -341,7 +390,7 @@ class CaptioningTask(Task):
             metrics.update({k: v for k, v in scores.items() if isinstance(v, float)})
         metrics.update(self._class_metrics(outputs, split, full=True))
         if "attention" in outputs:
-            metrics.update(self._agreement(outputs))
+            metrics.update(self._agreement(outputs, split))
         metrics.update(self._localisation(outputs, split))
         return metrics
 
@@ -359,7 +408,8 @@ class CaptioningTask(Task):
                 (f"captions decoded by beam search (beam {self.beam_size}, at most {self.max_length} tokens); "
                  f"vocabulary of the training captions (words seen >= {self.min_count} times)"),
                 f"class targets: {self.mode}; L_dis over {self.dis_steps} steps, gradient to {self.dis_target}",
-                "localisation and attention-CAM agreement of the predicted class (its CAM, the pooled attention)"]
+                ("attention-CAM agreement of the decoded captions with the true classes' CAMs, paired as L_dis "
+                 "pairs them (and with the predicted class's CAM: *_predicted); localisation of the predicted class")]
 
     # ------------------------------------------------------------ state
 

@@ -11,24 +11,28 @@ grids come from :mod:`annotlib.papers`. Then ``99_report.ipynb`` writes ``result
 and ``index.html`` into ``<reports>/<profile>/``.
 Finished runs are skipped, a killed run resumes from its last epoch, and a failed run
 does not stop the others: failures are listed at the end and the exit code is 1.
+The runs go one after the other, or all at once: ``--gpus 0,1,2,3`` (one per GPU of this
+machine) or ``--launcher slurm`` (one job each); the report is built once, at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from .io import read_json
+from . import launch
 from .papers import PAPERS, PROFILES, Run, grid
 from .train import TrainConfig, parse_overrides
-from .train.run import claim_run_dir
+from .train.run import claim_run_dir, held_differences
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 REPORT_NOTEBOOK = "99_report.ipynb"
@@ -55,24 +59,32 @@ def finished(notebook: Path, parameters: dict | None = None) -> bool:
 
 
 def stale(run: Run, run_dir: Path) -> list[str]:
-    """For every training of ``run`` whose folder holds another config: the folder and the
-    differences. Such a run is neither skipped nor reported: it is refused by name."""
+    """For every training of ``run`` whose folder holds a run of another config: the folder and
+    the differences. Such a run is neither skipped nor reported: it is refused by name. The rule
+    is :func:`claim_run_dir`'s (:func:`held_differences`): a folder that never trained is free."""
     problems = []
     for variant, cfg in PAPERS[run.paper].trainings(run):
-        path = run_dir / variant / "config.json"
-        if path.exists():
-            differs = cfg.differences(TrainConfig.from_dict(read_json(path)))
-            if differs:
-                problems.append(f"{path} holds another config ({'; '.join(differs)}, asked vs held)")
+        differs = held_differences(cfg, run_dir / variant)
+        if differs:
+            problems.append(f"{run_dir / variant / 'config.json'} holds another config "
+                            f"({'; '.join(differs)}, asked vs held)")
     return problems
 
 
 def execute(source: str, target: Path, parameters: dict) -> None:
+    """Execute the notebook ``source`` into ``target``. Unless ``parameters["progress"]`` is
+    false (``--no-progress``), what the kernel prints (one line per epoch) is copied to this
+    stdout as it comes, so that a run of many minutes is not silent; its stderr stays in the
+    notebook."""
     import papermill
     target.parent.mkdir(parents=True, exist_ok=True)
     # relative paths: papermill records them in the notebook, which is shared as it is
     papermill.execute_notebook(os.path.relpath(NOTEBOOKS / source), os.path.relpath(target), parameters=parameters,
-                               kernel_name="python3", progress_bar=False, cwd=str(NOTEBOOKS))
+                               kernel_name="python3", progress_bar=False, cwd=str(NOTEBOOKS),
+                               stdout_file=sys.stdout if parameters.get("progress", True) else None,
+                               # the kernel's start-up warning that its local TCP sockets are not
+                               # encrypted would open every run's output; its errors still show
+                               extra_arguments=["--IPKernelApp.log_level=ERROR"])
 
 
 def train_data_parallel(cfg: TrainConfig, run_dir: Path, nproc: int) -> None:
@@ -86,25 +98,31 @@ def train_data_parallel(cfg: TrainConfig, run_dir: Path, nproc: int) -> None:
                    check=True)
 
 
-def run_grid(runs: list[Run], out: Path, projections: list[str], nproc: int = 1) -> list[tuple[Path, str]]:
-    """Execute every run's notebook that has not finished; returns (notebook, error) failures.
-    A run folder holding another config is a failure naming the differences, never skipped."""
-    failures = []
-    for i, run in enumerate(runs, 1):
-        paper = PAPERS[run.paper]
-        run_dir = out / "runs" / run.path
-        notebook = run_dir / paper.notebook
-        # relative to the notebooks' folder, where they run: no local path in a shared notebook
-        parameters = notebook_parameters(run, Path(os.path.relpath(run_dir.resolve(), NOTEBOOKS)), projections)
+def run_cell(run: Run, out: Path, projections: list[str], nproc: int = 1,
+             label: str = "") -> tuple[Path, str] | None:
+    """Execute ``run``'s notebook unless it finished before; returns its (notebook, error)
+    failure, else None. A run folder holding another config is a failure naming the
+    differences, never skipped. The cell holds its folder's :func:`~annotlib.launch.claim`
+    while it runs: a cell that another process holds is skipped, and said so."""
+    paper = PAPERS[run.paper]
+    run_dir = out / "runs" / run.path
+    notebook = run_dir / paper.notebook
+    # relative to the notebooks' folder, where they run: no local path in a shared notebook
+    parameters = notebook_parameters(run, Path(os.path.relpath(run_dir.resolve(), NOTEBOOKS)), projections)
+    with launch.claim(run_dir) as held:
+        if not held:
+            print(f"{label} {run.path}: another process holds it ({run_dir / launch.CLAIM}), skipped",
+                  flush=True)
+            return None
         conflicts = stale(run, run_dir)
         if conflicts:
-            failures.append((notebook, "; ".join(conflicts) + "; use another --reports folder"))
-            print(f"[{i}/{len(runs)}] {run.path}: refused: {failures[-1][1]}", flush=True)
-            continue
+            failure = (notebook, "; ".join(conflicts) + "; use another --reports folder")
+            print(f"{label} {run.path}: refused: {failure[1]}", flush=True)
+            return failure
         if finished(notebook, parameters):
-            print(f"[{i}/{len(runs)}] {run.path}: finished before, skipped", flush=True)
-            continue
-        print(f"[{i}/{len(runs)}] {run.path} ...", flush=True)
+            print(f"{label} {run.path}: finished before, skipped", flush=True)
+            return None
+        print(f"{label} {run.path} ...", flush=True)
         started = time.perf_counter()
         try:
             if nproc > 1:
@@ -112,10 +130,33 @@ def run_grid(runs: list[Run], out: Path, projections: list[str], nproc: int = 1)
                     train_data_parallel(cfg, run_dir / variant, nproc)
             execute(paper.notebook, notebook, parameters)
         except Exception as err:  # noqa: BLE001 -- one failed run must not stop the grid
-            failures.append((notebook, f"{type(err).__name__}: {str(err).strip().splitlines()[-1]}"))
-            print(f"    failed: {failures[-1][1]}", flush=True)
-            continue
-        print(f"    done in {time.perf_counter() - started:.0f} s", flush=True)
+            failure = (notebook, describe(err))
+            print(f"    {run.path} failed: {failure[1]}", flush=True)
+            return failure
+        print(f"    {run.path} done in {time.perf_counter() - started:.0f} s", flush=True)
+        return None
+
+
+def describe(err: BaseException) -> str:
+    """An error in one line: its type and the last line of its message."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[-1]}" if lines else type(err).__name__
+
+
+def run_grid(runs: list[Run], out: Path, projections: list[str], nproc: int = 1,
+             launcher: Callable[[list[launch.Call]], list] | None = None) -> list[tuple[Path, str]]:
+    """Every run through :func:`run_cell`: one after the other in this process, or by
+    ``launcher`` (:func:`~annotlib.launch.on_devices` or :func:`~annotlib.launch.on_cluster`
+    with their options bound), all at once. Returns the (notebook, error) failures, a cell
+    whose process or job died among them."""
+    calls = [(run_cell, (run, out, projections, nproc, f"[{i}/{len(runs)}]")) for i, run in enumerate(runs, 1)]
+    results = launcher(calls) if launcher else [function(*args) for function, args in calls]
+    failures = []
+    for run, result in zip(runs, results):
+        if isinstance(result, BaseException):
+            result = (out / "runs" / run.path / PAPERS[run.paper].notebook, describe(result))
+        if result:
+            failures.append(result)
     return failures
 
 
@@ -172,6 +213,44 @@ def export(profile_dir: Path, target: Path, with_checkpoints: bool = False) -> i
     return sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
 
 
+def choose_launcher(parser: argparse.ArgumentParser, args: argparse.Namespace, out: Path):
+    """From ``--gpus``, ``--launcher`` and their options: (``run_grid``'s launcher, its output
+    folder, the processes that train each run). Any option that does not apply is refused."""
+    slurm = {"--slurm-partition": args.slurm_partition, "--slurm-time": args.slurm_time}
+    for option, value in {**slurm, "--gpus-per-job": args.gpus_per_job}.items():
+        if value is not None and not args.launcher:
+            parser.error(f"{option} applies to --launcher only")
+        if value is not None and option in slurm and args.launcher != "slurm":
+            parser.error(f"{option} applies to --launcher slurm only")
+    for option, value in (("--gpus-per-job", args.gpus_per_job), ("--slurm-time", args.slurm_time)):
+        if value is not None and value < 1:
+            parser.error(f"{option} {value}: must be at least 1")
+    if args.gpus and args.launcher:
+        parser.error("--gpus and --launcher: choose one (a cluster's jobs get their GPUs from it)")
+    if (args.gpus or args.launcher) and args.nproc_per_node != 1:
+        parser.error("--nproc-per-node applies without --gpus and --launcher (with --launcher: "
+                     "--gpus-per-job)")
+    if args.gpus:
+        if args.device != "auto":
+            parser.error(f"--device {args.device} with --gpus: each worker uses its own device; "
+                         "leave --device out")
+        try:
+            devices = launch.parse_devices(args.gpus)
+        except ValueError as err:
+            parser.error(f"--gpus {args.gpus}: {err}")
+        return functools.partial(launch.on_devices, devices=devices), out, 1
+    if args.launcher == "slurm" and not shutil.which("sbatch"):
+        parser.error("--launcher slurm: no sbatch on this machine; submit from one of the cluster's")
+    if args.launcher:
+        gpus = args.gpus_per_job or 1
+        out = out.resolve()  # jobs may start in another folder
+        return functools.partial(
+            launch.on_cluster, folder=out / ".submitit",
+            cluster="slurm" if args.launcher == "slurm" else "local", gpus_per_job=gpus,
+            partition=args.slurm_partition, minutes=args.slurm_time or 24 * 60), out, gpus
+    return None, out, args.nproc_per_node
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="run_all.sh", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -197,10 +276,25 @@ def main(argv: list[str] | None = None) -> int:
                              "image_size=224 epochs=10 (a changed config needs its own --reports folder; "
                              "P3 sets loss, label_proportion and curriculum_rounds per method itself)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars in the notebooks")
+    parser.add_argument("--no-progress", action="store_true", help="quiet: no line per epoch, in the terminal or in the notebooks")
     parser.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
                         help="train each run data-parallel on N GPUs (torchrun) before its notebook "
                              "draws the figures (default: 1, training inside the notebook)")
+    parser.add_argument("--gpus", metavar="LIST",
+                        help="run the grid's cells at once, one per GPU, e.g. --gpus 0,1,2,3 (each "
+                             "cell's process sees only its GPU; a run folder is claimed by one "
+                             "process at a time); cpu entries are CPU workers, e.g. --gpus cpu,cpu")
+    parser.add_argument("--launcher", choices=["slurm", "submitit-local"],
+                        help="submit each cell as a job through submitit and wait for them all: "
+                             "slurm, or submitit-local (every job at once as a process of this "
+                             "machine, to try a setup); logs in <reports>/<profile>/.submitit")
+    parser.add_argument("--slurm-partition", metavar="NAME", help="--launcher slurm: the partition")
+    parser.add_argument("--slurm-time", type=int, metavar="MINUTES",
+                        help="--launcher slurm: each job's time limit; a job that reaches it is "
+                             "requeued and resumes from its last epoch (default: 1440)")
+    parser.add_argument("--gpus-per-job", type=int, metavar="N",
+                        help="--launcher: GPUs of each job; with several, its training runs "
+                             "under torchrun as with --nproc-per-node (default: 1)")
     parser.add_argument("--export", metavar="DIR", type=Path,
                         help="then copy the profile's report, notebooks, figures, metrics and configs "
                              "into DIR, a folder to share (checkpoints only with --with-checkpoints)")
@@ -221,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--data-root {args.data_root}: not a directory")
         os.environ["ANNOTLIB_DATA_ROOT"] = str(Path(args.data_root).resolve())
 
-    out = Path(args.reports) / args.profile
+    launcher, out, nproc = choose_launcher(parser, args, Path(args.reports) / args.profile)
     try:
         overrides = {**parse_overrides(args.set), "device": args.device, "progress": not args.no_progress}
         # The notebooks run in their own folder: paths given here are read from here.
@@ -247,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in missing:
             print(f"  {line}", file=sys.stderr)
         return 2
-    failures = run_grid(runs, out, PROJECTIONS[args.profile], args.nproc_per_node)
+    failures = run_grid(runs, out, PROJECTIONS[args.profile], nproc, launcher)
     report = out / REPORT_NOTEBOOK
     try:
         execute(REPORT_NOTEBOOK, report, {"profile_dir": os.path.relpath(out.resolve(), NOTEBOOKS)})

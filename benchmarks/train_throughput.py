@@ -311,14 +311,18 @@ def flops_per_image(setup: Setup) -> float:
     return counter.get_total_flops() / len(batch["image"])
 
 
-def ab_options(device: torch.device) -> list[str]:
-    return ["channels_last", "compile"] + (["bf16"] if native_bf16(device) else [])
+AB_OPTIONS = ("channels_last", "compile", "bf16")
+
+
+def ab_options(device: torch.device, asked=AB_OPTIONS) -> list[str]:
+    """The asked options that the device can flip (bf16 only where it has bf16 arithmetic)."""
+    return [o for o in AB_OPTIONS if o in asked and (o != "bf16" or native_bf16(device))]
 
 
 def measure_ab(setup: Setup, base: dict) -> dict:
     """S and T with each option flipped from the base config; a failing arm is reported."""
     out = {}
-    for option in ab_options(setup.device):
+    for option in ab_options(setup.device, setup.args.ab_options):
         value = getattr(setup.cfg, option)
         arms = {value: base}
         try:
@@ -366,7 +370,7 @@ def print_report(report: dict) -> None:
                 print(f"{key:<16}{'failed, see above':>20}")
             else:
                 print(f"{key:<16}{on:>10.1f}{off:>10.1f}   {'on' if on > off else 'off'}")
-    if "ab" in report and "bf16" not in report["ab"]:
+    if "ab" in report and "bf16" in report["config"]["ab_options"] and "bf16" not in report["ab"]:
         print("\nbf16: not measured (this device has no bf16 arithmetic; the loop keeps fp32)")
 
 
@@ -394,12 +398,17 @@ def parse_args(argv=None):
                         help="base config: bf16 autocast where the device has bf16 arithmetic")
     parser.add_argument("--compile", action="store_true", help="base config: torch.compile")
     parser.add_argument("--ab", action="store_true", help="A/B channels_last, compile, bf16")
+    parser.add_argument("--ab-options", nargs="+", choices=AB_OPTIONS, default=AB_OPTIONS,
+                        help="--ab: only these (e.g. compile alone, in a run of its own, as its "
+                             "compilation takes minutes)")
     parser.add_argument("--peak-tflops", type=float, default=790.0,
                         help="the device's peak TFLOP/s for MFU (default: bf16 on an H100)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 1:
         parser.error("--steps and --warmup must be at least 1")
+    if tuple(args.ab_options) != AB_OPTIONS and not args.ab:
+        parser.error("--ab-options applies to --ab only")
     return args
 
 

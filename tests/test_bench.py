@@ -1,5 +1,8 @@
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,3 +113,33 @@ def test_precision_ab_refuses_a_device_without_bf16(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     with pytest.raises(SystemExit, match="no bf16 arithmetic"):
         precision_ab.main(["--out", str(tmp_path), "--set", "device=cpu"])
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_writes_every_step_and_its_numbers(tmp_path):
+    run = subprocess.run(["bash", str(SCRIPTS / "gpu_check.sh"), "--device", "cpu", "--out", str(tmp_path)],
+                         env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True,
+                         check=False)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    report = json.loads((tmp_path / "gpu_check-cpu.json").read_text())
+    assert set(report) == {"device", "dry_run", "sizes", "seconds", "steps", "throughput", "compile", "streaming"}
+    assert report["device"] == "cpu" and report["dry_run"] is True and "--image-size 32" in report["sizes"]
+    bf16 = {"bf16"} if native_bf16(torch.device("cpu")) else set()
+    for name, options in (("throughput", {"channels_last"} | bf16), ("compile", {"compile"})):
+        step, numbers = report["steps"][name], report[name]
+        assert step["exit_code"] == 0 and not step["timed_out"] and 0 <= step["seconds"] <= report["seconds"]
+        assert numbers == json.loads((tmp_path / f"gpu_check-{name}-cpu.json").read_text())
+        assert "written to" in Path(step["output"]).read_text()
+        assert {"config", "measurements", "ratios", "goals", "gflops_per_image", "mfu", "ab", "environment"} \
+            <= set(numbers)
+        assert numbers["config"]["backbone"] == "resnet10t" and numbers["config"]["image_size"] == 32
+        assert set(numbers["measurements"]) == {"S", "T", "R", "inference"}
+        assert set(numbers["ab"]) == options
+        for option, arms in numbers["ab"].items():  # every arm measured, compile's too (eagerly)
+            assert all(arms[arm][key]["img_per_s"] > 0 for arm in ("on", "off") for key in ("S", "T")), option
+    streaming = report["steps"]["streaming"]
+    if (SCRIPTS / "streaming.py").exists():  # its memory part, on 64 images
+        assert streaming["exit_code"] == 0 and not streaming["timed_out"], report["streaming"]
+        assert report["streaming"]["printed"] == Path(streaming["output"]).read_text().splitlines() != []
+    else:
+        assert streaming == {"skipped": "benchmarks/streaming.py is not present"} and report["streaming"] is None

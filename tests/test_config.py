@@ -80,3 +80,25 @@ def test_each_scheduler_follows_its_formula():
     assert cosine == pytest.approx([0.5 * (1 + math.cos(math.pi * t / 10)) for t in range(10)])
     onecycle = lrs(TrainConfig(scheduler="onecycle", lr=1.0, epochs=2, pct_start=0.3))
     assert max(onecycle) == pytest.approx(1.0) and onecycle.index(max(onecycle)) == 2
+
+
+def test_val_fraction_zero_is_allowed_only_where_nothing_reads_val():
+    from annotlib.train.run import build_task
+    none = TrainConfig(val_fraction=0.0)
+    with pytest.raises(ValueError) as caught:
+        build_task(none)
+    message = str(caught.value)  # both needs named, in one line
+    assert "\n" not in message and message.startswith("val_fraction=0 carves no validation split, but ")
+    assert "selection_split='val'" in message and "task_kwargs threshold_split='val'" in message
+    on_test = none.replace(selection_split="test")
+    with pytest.raises(ValueError, match=r"^val_fraction=0 .* but task_kwargs threshold_split='val' \(the "
+                                         r"multilabel task calibrates there\) need one"):
+        build_task(on_test)
+    for split in ("train", "train_augmented"):  # P0's published protocol, and its unaugmented variant
+        assert build_task(on_test.replace(task_kwargs={"threshold_split": split})).calibration_split == split
+    with pytest.raises(ValueError, match=r"^val_fraction=0 .* but selection_split='val' need one"):
+        build_task(none.replace(task_kwargs={"threshold_split": "train"}))
+    # with a carve, either split may select the epoch
+    assert build_task(TrainConfig(selection_split="test")).calibration_split == "val"
+    with pytest.raises(ValueError, match=r"^selection_split must be one of val, test, got 'train'$"):
+        TrainConfig(selection_split="train")

@@ -18,6 +18,11 @@ class DataError(ValueError):
 PER_SAMPLE = ("image_paths", "labels", "category_ids", "captions", "boxes")
 
 
+# The mark (in ``Split.info``) of a validation carve of fraction 0: the one split that may be
+# empty (P0's published protocol trains on all of train); a reader's empty split is an error.
+EMPTY_CARVE = "empty_carve"
+
+
 @dataclass(frozen=True)
 class Split:
     """One split of a dataset, in a reader-independent form: per-sample fields, each of
@@ -47,7 +52,7 @@ class Split:
 
     def __post_init__(self):
         n, name = len(self.image_paths), f"{self.dataset}/{self.split}"
-        if n == 0:
+        if n == 0 and not self.info.get(EMPTY_CARVE):
             raise DataError(f"{name}: the split is empty (root {self.root})")
         for field_name in PER_SAMPLE[1:]:
             value = getattr(self, field_name)
@@ -77,8 +82,9 @@ class Split:
                             f"which this dataset does not have")
         return value
 
-    def subset(self, indices, split: str | None = None) -> Split:
-        """The rows ``indices`` of this split, every per-sample field kept aligned."""
+    def subset(self, indices, split: str | None = None, info: dict | None = None) -> Split:
+        """The rows ``indices`` of this split, every per-sample field kept aligned (``info``
+        replaces the split's own)."""
         idx = np.asarray(indices, dtype=np.int64)
         rows = torch.from_numpy(idx)
 
@@ -86,7 +92,7 @@ class Split:
             if value is None:
                 return None
             return value[rows] if isinstance(value, torch.Tensor) else [value[i] for i in idx]
-        return dataclasses.replace(self, split=split or self.split,
+        return dataclasses.replace(self, split=split or self.split, info=self.info if info is None else info,
                                    **{name: pick(getattr(self, name)) for name in PER_SAMPLE})
 
 
@@ -113,12 +119,14 @@ def multi_hot(label_lists: list[list[str]], classes: list[str], source: Path | s
 
 
 def carve_validation(train: Split, fraction: float = 0.1, seed: int = 0) -> tuple[Split, Split]:
-    """Split ``train`` into (train, val) with a seeded random ``fraction`` held out for validation."""
-    if not 0 < fraction < 1:
-        raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+    """Split ``train`` into (train, val) with a seeded random ``fraction`` held out for validation;
+    ``fraction`` 0 holds out nothing (an empty val: P0's published protocol trains on all of train)."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
     order = np.random.default_rng(seed).permutation(len(train))
-    n_val = max(1, round(fraction * len(train)))
-    return train.subset(np.sort(order[n_val:]), "train"), train.subset(np.sort(order[:n_val]), "val")
+    n_val = max(1, round(fraction * len(train))) if fraction else 0
+    val_info = train.info if n_val else {**train.info, EMPTY_CARVE: True}
+    return train.subset(np.sort(order[n_val:]), "train"), train.subset(np.sort(order[:n_val]), "val", val_info)
 
 
 def keep_label_proportion(labels: torch.Tensor, proportion: float, seed: int) -> torch.Tensor:

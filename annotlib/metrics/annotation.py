@@ -10,8 +10,9 @@ it is neither a positive nor a negative, a prediction on it is not counted, and 
 not enter the label's ranking for AP. To count unknown labels as negatives instead, pass
 ``targets.clamp(min=0)``.
 
-A label is predicted when ``score >= threshold``; the threshold is cast to the dtype of
-``scores`` first, as ``scores >= 0.3`` does in torch and numpy, so that a score stored as
+A label is predicted when ``score >= threshold``, or with ``strict=True`` when
+``score > threshold`` (P0's evaluation code, ``torch.gt``); the threshold is cast to the dtype
+of ``scores`` first, as ``scores >= 0.3`` does in torch and numpy, so that a score stored as
 0.3 meets a threshold of 0.3.
 
 Counts per label c, over the images where the label is known: ``TP_c`` (predicted and
@@ -52,22 +53,22 @@ def _known(targets: Tensor) -> Tensor:
     return targets >= 0
 
 
-def _predictions(scores: Tensor, thresholds: float | Tensor) -> Tensor:
+def _predictions(scores: Tensor, thresholds: float | Tensor, strict: bool = False) -> Tensor:
     thresholds = torch.as_tensor(thresholds, dtype=scores.dtype, device=scores.device)
     if thresholds.dim() > 1 or (thresholds.dim() == 1 and thresholds.numel() != scores.shape[1]):
         raise ValueError(
             f"thresholds must be a float or a tensor of {scores.shape[1]} per-label values, "
             f"got shape {tuple(thresholds.shape)}"
         )
-    return scores >= thresholds
+    return scores > thresholds if strict else scores >= thresholds
 
 
 def _confusion_counts(
-    scores: Tensor, targets: Tensor, thresholds: float | Tensor
+    scores: Tensor, targets: Tensor, thresholds: float | Tensor, strict: bool = False
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(TP_c, Pred_c, GT_c)``, int64 tensors of C, over the known entries."""
     _check_scores_targets(scores, targets)
-    predicted = _predictions(scores, thresholds) & _known(targets)
+    predicted = _predictions(scores, thresholds, strict) & _known(targets)
     positive = _positives(targets)
     return (predicted & positive).sum(0), predicted.sum(0), positive.sum(0)
 
@@ -83,21 +84,24 @@ def _harmonic_mean(a: float, b: float) -> float:
     return 2 * a * b / (a + b) if a + b > 0 else 0.0
 
 
-def per_class_precision(scores: Tensor, targets: Tensor, thresholds: float | Tensor = 0.5) -> Tensor:
+def per_class_precision(scores: Tensor, targets: Tensor, thresholds: float | Tensor = 0.5, *,
+                        strict: bool = False) -> Tensor:
     """``TP_c / Pred_c`` for every label (float64, C); 0 for a label never predicted."""
-    tp, n_predicted, _ = _confusion_counts(scores, targets, thresholds)
+    tp, n_predicted, _ = _confusion_counts(scores, targets, thresholds, strict)
     return _ratio(tp, n_predicted)
 
 
-def per_class_recall(scores: Tensor, targets: Tensor, thresholds: float | Tensor = 0.5) -> Tensor:
+def per_class_recall(scores: Tensor, targets: Tensor, thresholds: float | Tensor = 0.5, *,
+                     strict: bool = False) -> Tensor:
     """``TP_c / GT_c`` for every label (float64, C); 0 for a label without positives."""
-    tp, _, n_true = _confusion_counts(scores, targets, thresholds)
+    tp, _, n_true = _confusion_counts(scores, targets, thresholds, strict)
     return _ratio(tp, n_true)
 
 
-def per_class_f1(scores: Tensor, targets: Tensor, thresholds: float | Tensor = 0.5) -> Tensor:
+def per_class_f1(scores: Tensor, targets: Tensor, thresholds: float | Tensor = 0.5, *,
+                 strict: bool = False) -> Tensor:
     """``2 TP_c / (Pred_c + GT_c)`` for every label (float64, C); 0 where both are 0."""
-    tp, n_predicted, n_true = _confusion_counts(scores, targets, thresholds)
+    tp, n_predicted, n_true = _confusion_counts(scores, targets, thresholds, strict)
     return _ratio(2 * tp, n_predicted + n_true)
 
 
@@ -107,8 +111,10 @@ def annotation_metrics(
     thresholds: float | Tensor = 0.5,
     *,
     ignore_empty: bool = False,
+    strict: bool = False,
 ) -> dict[str, float]:
-    """Per-class and overall precision, recall and F1 of ``scores >= thresholds``.
+    """Per-class and overall precision, recall and F1 of ``scores >= thresholds`` (``>`` with
+    ``strict=True``).
 
     ``thresholds`` is one float or a tensor of C per-label thresholds. With the counts of
     the module docstring::
@@ -125,7 +131,7 @@ def annotation_metrics(
     ``ignore_empty=True`` leaves labels without any positive in ``targets`` out of CP and
     CR only; OP, OR, OF1 and N+ are unchanged. If no label is left, CP = CR = CF1 = 0.
     """
-    tp, n_predicted, n_true = _confusion_counts(scores, targets, thresholds)
+    tp, n_predicted, n_true = _confusion_counts(scores, targets, thresholds, strict)
     precision, recall = _ratio(tp, n_predicted), _ratio(tp, n_true)
     if ignore_empty:
         precision, recall = precision[n_true > 0], recall[n_true > 0]

@@ -87,7 +87,9 @@ def tune_thresholds(
     ``"f1"`` (per-label F1, as ``sklearn.metrics.f1_score`` with ``zero_division=0``).
     ``grid`` defaults to :func:`default_threshold_grid`; it is sorted, and of equally good
     thresholds the smallest wins, as a loop going up the grid keeping the first maximum.
-    Scores are compared in their own dtype (see :mod:`annotlib.metrics.annotation`).
+    Scores are compared in their own dtype (see :mod:`annotlib.metrics.annotation`), always
+    with ``>=``: P0's code tunes with ``>=`` too, though it evaluates with ``>``
+    (``annotation_metrics(..., strict=True)``); the two differ only for a score equal to a grid value.
     Unknown targets (-1) are left out: each label's criterion is computed on the images
     where that label is known, as ``annotation_metrics`` counts them.
 

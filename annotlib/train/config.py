@@ -16,6 +16,7 @@ from ..io import read_json
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("onecycle", "cosine", "step", "none")
+SELECTION_SPLITS = ("val", "test")
 # Fields that change how a run is shown, not what it computes.
 COSMETIC_FIELDS = ("progress",)
 # Fields of configs written before tasks and heads were named, and where they live now.
@@ -43,6 +44,10 @@ class TrainConfig:
     # The split evaluated as test. "val" serves where the test images are missing (as with the
     # VOC 2007 copy used here); validation is then carved from train.
     test_split: str = "test"
+    # The split whose task.selection metric picks the epoch (history.csv: <split>_<metric>).
+    # "test" is P0's published protocol: optimistic, since the test split then chooses the
+    # weights it scores; the run says so in its metrics.json (selection, protocol).
+    selection_split: str = "val"
     image_size: int = 96  # images are squashed to image_size x image_size (P0's resize)
     normalize: str = "backbone"  # "backbone": its pretraining mean/std; "dataset": the train split's (P0)
     hflip: bool = True
@@ -79,6 +84,9 @@ class TrainConfig:
     bf16: bool = True  # bf16 autocast where the device has bf16 arithmetic (the loss stays in fp32)
     channels_last: bool | None = None  # None: the layout measured faster on the device
     compile: bool = False
+    # SyncBatchNorm under several processes: "auto" where the per-rank batch is small on GPUs
+    # (annotlib.train.distributed.sync_batchnorm), or always (true) / never (false)
+    sync_bn: str | bool = "auto"
     seed: int = 1
     progress: bool = True
 
@@ -175,6 +183,7 @@ CHECKS: dict[str, tuple[Callable, str]] = {
     "data_root": PATH,
     "val_fraction": ((lambda v: _number(v) and 0 <= v < 1), "a number in [0, 1)"),
     "test_split": NAME,
+    "selection_split": _choice(SELECTION_SPLITS),
     "image_size": POSITIVE_INT,
     "normalize": _choice(("backbone", "dataset")),
     "hflip": BOOL,
@@ -208,10 +217,26 @@ CHECKS: dict[str, tuple[Callable, str]] = {
     "bf16": BOOL,
     "channels_last": (_optional(lambda v: isinstance(v, bool)), "None, true or false"),
     "compile": BOOL,
+    "sync_bn": ((lambda v: v == "auto" or isinstance(v, bool)), '"auto", true or false'),
     # numpy's generators, which draw validation splits and hidden labels, refuse negative seeds
     "seed": ((lambda v: _int(v) and v >= 0), "a non-negative integer"),
     "progress": BOOL,
 }
+
+
+def check_validation_needs(cfg: TrainConfig, calibration_split: str | None) -> None:
+    """Refuse ``val_fraction=0`` (no validation split carved from train: P0 trains on all of
+    it) where something reads val: the epoch selection (``selection_split``) or the task's
+    calibration (``calibration_split``, for the multilabel task its ``threshold_split``).
+    Checked once the task is built, since only the task knows where it calibrates."""
+    if cfg.val_fraction != 0:
+        return
+    needs = ([f"selection_split={cfg.selection_split!r}"] if cfg.selection_split == "val" else []) + \
+        ([f"task_kwargs threshold_split='val' (the {cfg.task} task calibrates there)"]
+         if calibration_split == "val" else [])
+    if needs:
+        raise ValueError(f"val_fraction=0 carves no validation split, but {' and '.join(needs)} "
+                         "need one; set val_fraction > 0, or select and calibrate on other splits")
 
 
 def parse_overrides(items: list[str]) -> dict:

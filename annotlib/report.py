@@ -3,7 +3,8 @@
 Reads every ``metrics.json`` under ``<profile>/runs/`` (whatever its depth: one schema for
 every paper) and writes beside ``runs/``: ``results.md`` (the tables), ``summary.png`` and
 ``index.html`` (the tables, the summary figure, each run's figures and notebook, and every
-metric defined once). Each run's executed notebook is rendered to HTML beside its ``.ipynb``,
+metric defined once), each opening with the papers' claims tested on these runs
+(:func:`claim_tables`). Each run's executed notebook is rendered to HTML beside its ``.ipynb``,
 readable in a browser without Jupyter or a network. What each paper's table shows (its row
 keys, metric columns, published numbers, differences from the paper) comes from the papers
 registry; every link is relative to the profile folder, so the folder can be shared as it is.
@@ -11,6 +12,7 @@ registry; every link is relative to the profile folder, so the folder can be sha
 
 from __future__ import annotations
 
+import functools
 import html
 import math
 import warnings
@@ -20,7 +22,16 @@ from urllib.parse import quote
 import pandas as pd
 
 from .io import atomic_write_text, read_json
-from .papers import PAPERS
+from .papers import PAPERS, Claim
+from .stats import (
+    TEST_OUTPUTS,
+    SeedMean,
+    format_mean_std,
+    paired_bootstrap,
+    read_test_outputs,
+    verdict,
+    weighted_metric,
+)
 
 NOTE = ("Test split. Each cell is our number, the mean ± sample std over seeds where a "
         "configuration ran with several (n: how many seeds), then the paper's published number "
@@ -59,8 +70,11 @@ DEFINITIONS = {
     "pointing_game_cam": "the share of test images, of those with a box of the predicted class, "
                          "where the class's CAM peaks inside such a box",
     "pointing_game_attention": "the same for the decoder's attention pooled over the caption",
-    "agreement_kl": "L_dis between the pooled decoder attention and the predicted class's CAM "
-                    "(the run's divergence); lower: the two maps agree more",
+    "agreement_kl": "L_dis as training computes it (the run's divergence and CAM normalisation), "
+                    "on the decoded test captions: their attention averaged over the caption's steps "
+                    "against the mean CAM of the image's true classes (or, with class-word steps, each "
+                    "true class's CAM against the steps naming it), images without a true class left "
+                    "out; lower: the two maps agree more",
 }
 QUALIFIERS = {
     "0.5": "labels predicted where their score is at least 0.5",
@@ -106,7 +120,8 @@ def _notebook(metrics_path: Path, runs: Path) -> str:
 
 def collect_results(profile_dir: str | Path) -> pd.DataFrame:
     """One row per run: paper, dataset, variant, seed, the paper's row keys, every test
-    metric by name, protocol, differences from the paper and its notebook."""
+    metric by name, protocol, differences from the paper, its notebook, its folder (``run``),
+    backbone, image size and epochs, and its ``test_outputs.npz`` ("" where it has none)."""
     runs = Path(profile_dir) / "runs"
     rows = []
     for path in sorted(runs.rglob("metrics.json")):
@@ -121,7 +136,11 @@ def collect_results(profile_dir: str | Path) -> pd.DataFrame:
                      "protocol": "; ".join(metrics["protocol"]),
                      "differences": "; ".join(paper.differences(metrics)),
                      "labels": metrics.get("calibration", {}).get("labels"),
-                     "notebook": _notebook(path, runs)})
+                     "notebook": _notebook(path, runs),
+                     "run": path.parent.relative_to(runs.parent).as_posix(),
+                     **{key: metrics["config"][key] for key in ("backbone", "image_size", "epochs")},
+                     "outputs": str(path.parent / TEST_OUTPUTS)
+                     if (path.parent / TEST_OUTPUTS).exists() else ""})
     return pd.DataFrame(rows)
 
 
@@ -172,6 +191,191 @@ def tables(results: pd.DataFrame):
         yield {"paper": paper, "dataset": dataset, "protocol": protocol,
                "differences": differences, "labels": _label_count(results, group),
                "table": pd.DataFrame(rows)}
+
+
+# -- claims ------------------------------------------------------------------------------
+
+BOOTSTRAP = {"n_resamples": 1000, "seed": 0, "confidence": 0.95}
+CLAIMS_NOTE = (
+    "Each claim of a paper tested on this profile's runs, per setting (dataset; profile: "
+    "backbone, image size, epochs; the row keys the claim leaves open). Each side: the test "
+    "metric's mean ± sample std over seeds (n). Difference: the claimed-better side's mean "
+    "minus the other's. Interval: 95% paired bootstrap of that difference over the test "
+    f"images ({BOOTSTRAP['n_resamples']} resamples, percentile interval): each resample draws "
+    "the same images for both sides and for every seed; seeds are paired by seed id and their "
+    "differences pooled (averaged) on each resample, so the interval reflects which test "
+    "images were drawn, not seed-to-seed variation (the std shows that). Retrieval mAP "
+    "resamples the queries; each still ranks the whole test split. Verdict: reproduced where "
+    "the whole interval is on the claimed side of 0, not reproduced where it is on the "
+    "other side, inconclusive where it contains 0.")
+# Computed on the whole test corpus by the COCO caption evaluation, so no per-image values
+# add up to them: why such a claim has mean ± std and no interval.
+NO_INTERVAL = {name: "corpus-level caption metric (n-gram statistics and CIDEr-D's document "
+                     "frequencies pooled over the test set); not resampled"
+               for name in ("BLEU-4", "METEOR", "CIDEr-D")}
+# What a claim compares within: runs of one dataset and training setting.
+SETTING_KEYS = ("dataset", "backbone", "image_size", "epochs", "differences")
+
+
+def _load_metric(path: str, column: str):
+    """A run's weighted ``column`` (None where its test outputs lack it) and test-image digest."""
+    outputs = read_test_outputs(path)
+    return weighted_metric(outputs, column), str(outputs["images"])
+
+
+def _side(runs: pd.DataFrame, values: dict) -> pd.DataFrame:
+    """The runs whose row keys have ``values`` (all runs for ``{}``)."""
+    keep = pd.Series(True, index=runs.index)
+    for key, value in values.items():
+        keep &= runs[key] == value
+    return runs[keep]
+
+
+def _seed_metrics(runs: pd.DataFrame, column: str, seeds: list, load):
+    """Per seed, the run's weighted ``column`` and test-image digest; or why there is none."""
+    metrics, digests = [], []
+    for seed in seeds:
+        run = runs[runs["seed"] == seed]
+        if len(run) > 1:
+            raise ValueError(f"{', '.join(run['run'])}: several runs of one configuration and seed "
+                             "in one setting; keep one of them in this reports folder")
+        folder, path = run["run"].iloc[0], run["outputs"].iloc[0]
+        if not path:
+            return (f"{folder} has no {TEST_OUTPUTS} (run before per-image outputs were kept, "
+                    "or its task keeps none)")
+        metric, digest = load(path, column)
+        if metric is None:
+            return f"{folder}/{TEST_OUTPUTS} keeps no per-image values for {column}"
+        metrics.append(metric)
+        digests.append(digest)
+    return metrics, digests
+
+
+def _interval(a: pd.DataFrame, b: pd.DataFrame, pair: tuple[str, str], direction: int,
+              load) -> tuple[object, str]:
+    """The paired bootstrap of ``a``'s ``pair[0]`` minus ``b``'s ``pair[1]`` over the seeds
+    both sides ran, and its verdict; or (None, why there is no interval)."""
+    if pair[0] in NO_INTERVAL:
+        return None, NO_INTERVAL[pair[0]]
+    seeds = sorted(set(a["seed"]) & set(b["seed"]))
+    if not seeds:
+        return None, "no seed ran on both sides"
+    sides = [_seed_metrics(runs, column, seeds, load) for runs, column in zip((a, b), pair)]
+    why = next((side for side in sides if isinstance(side, str)), None)
+    if why:
+        return None, why
+    if len({d for _, digests in sides for d in digests}) > 1:
+        return None, "these runs were tested on different images"
+    result = paired_bootstrap(SeedMean(sides[0][0]), SeedMean(sides[1][0]), **BOOTSTRAP)
+    if not (math.isfinite(result.low) and math.isfinite(result.high)):
+        return None, "the metric is undefined on some resamples (too few test images)"
+    return result, verdict(result.interval, direction)
+
+
+def _label(values: dict, column: str) -> str:
+    return ", ".join(str(v) for v in values.values()) or column
+
+
+def _comparison(claim: Claim, pair: tuple[str, str], than: dict, a: pd.DataFrame, b: pd.DataFrame,
+                load) -> dict:
+    """One row of a claims table, from the runs of each side in one setting."""
+    digits = _digits(pair[0])
+    cells, values = [], []
+    for runs, side, column in ((a, claim.better, pair[0]), (b, than, pair[1])):
+        measured = runs[column].dropna() if column in runs else pd.Series(dtype=float)
+        state = ("not run" if runs.empty else "not measured" if measured.empty
+                 else format_mean_std(list(measured), digits))
+        cells.append(f"{_label(side, column)}: {state}")
+        values.append(measured)
+    row = {"ours": cells[0], "against": cells[1], "difference": "–", "interval": "–"}
+    if a.empty or b.empty:
+        return {**row, "verdict": "not run"}
+    if values[0].empty or values[1].empty:
+        return {**row, "verdict": "not measured"}
+    row["difference"] = f"{values[0].mean() - values[1].mean():+.{digits}f}"
+    result, outcome = _interval(a, b, pair, claim.direction, load)
+    if result is None:
+        return {**row, "verdict": f"no interval: {outcome}"}
+    seeds = len(set(a["seed"]) & set(b["seed"]))
+    row["interval"] = (f"[{result.low:+.{digits}f}, {result.high:+.{digits}f}] "
+                       f"({seeds} seed{'s' * (seeds > 1)})")
+    return {**row, "verdict": outcome}
+
+
+def _shared_differences(runs: pd.DataFrame) -> dict[str, set[str]]:
+    """Per dataset, the differences from the paper that all its runs share: the others tell
+    its settings apart (bf16 or not, thresholds tuned on train or val)."""
+    return {dataset: set.intersection(*(set(d.split("; ")) for d in group["differences"]))
+            for dataset, group in runs.groupby("dataset", sort=False)}
+
+
+def claim_tables(results: pd.DataFrame, profile: str) -> dict[str, list[dict]]:
+    """Per paper with runs, one row per (claim, metric, compared row, setting): ``claim``
+    (C1, C2, ... in the paper's order), dataset, setting, metric, each side's mean ± std over
+    seeds (``ours``, ``against``), ``difference``, ``interval`` (95% paired bootstrap) and
+    ``verdict``. A comparison that no setting ran is one "not run" row."""
+    # The last few runs' metrics kept: a claim compares one run with several, and a COCO-sized
+    # mAP holds tens of MB.
+    load, found_tables = functools.lru_cache(maxsize=16)(_load_metric), {}
+    for key in dict.fromkeys(results["paper"]):
+        paper, runs = PAPERS[key], results[results["paper"] == key]
+        rows, shared = [], _shared_differences(runs)
+        for number, claim in enumerate(paper.claims, 1):
+            named = {k for side in (claim.better, *claim.than) for k in side}
+            open_keys = [k for k in paper.row_keys if k not in named]
+            groups = list(runs.groupby([*SETTING_KEYS, *open_keys], sort=False, dropna=False))
+            for pair in claim.pairs():
+                metric = pair[0] if pair[0] == pair[1] else f"{pair[0]} vs {pair[1]}"
+                for than in claim.than:
+                    found = []
+                    for setting, group in groups:
+                        a, b = _side(group, claim.better), _side(group, than)
+                        if a.empty and b.empty:
+                            continue
+                        dataset, backbone, size, epochs, differences, *open_values = setting
+                        where = f"{profile}: {backbone}, {size} px, {epochs} epoch{'s' * (epochs != 1)}"
+                        where += "".join(f"; {k}={v}" for k, v in zip(open_keys, open_values))
+                        where += "".join(f"; {item}" for item in differences.split("; ")
+                                         if item not in shared[dataset])
+                        found.append({"dataset": dataset, "setting": where,
+                                      **_comparison(claim, pair, than, a, b, load)})
+                    if not found:
+                        none = runs.iloc[:0]
+                        found = [{"dataset": "–", "setting": "–",
+                                  **_comparison(claim, pair, than, none, none, load)}]
+                    rows += [{"claim": f"C{number}", "metric": metric, **row} for row in found]
+        found_tables[key] = rows
+    return found_tables
+
+
+CLAIM_HEADS = {"claim": "claim", "dataset": "dataset", "setting": "setting", "metric": "metric",
+               "ours": "claimed better: mean ± std (n)", "against": "compared with",
+               "difference": "difference", "interval": "95% interval", "verdict": "verdict"}
+
+
+def _claims_markdown(found_tables: dict[str, list[dict]]) -> list[str]:
+    md = ["## Claims", "", CLAIMS_NOTE, ""]
+    for key, rows in found_tables.items():
+        paper = PAPERS[key]
+        md += [f"### Claims of {paper.title}", "",
+               *(f"- **C{n}** {c.text} (the paper: {c.setting})." for n, c in enumerate(paper.claims, 1)),
+               "", "| " + " | ".join(CLAIM_HEADS.values()) + " |", "|" + "---|" * len(CLAIM_HEADS),
+               *("| " + " | ".join(str(row[k]) for k in CLAIM_HEADS) + " |" for row in rows), ""]
+    return md
+
+
+def _claims_html(found_tables: dict[str, list[dict]]) -> str:
+    parts = [f"<h2 id='claims'>Claims</h2><p>{_e(CLAIMS_NOTE)}</p>"]
+    heads = "".join(f"<th class='key'>{_e(h)}</th>" for h in CLAIM_HEADS.values())
+    for key, rows in found_tables.items():
+        paper = PAPERS[key]
+        items = "".join(f"<li><b>C{n}</b> {_e(c.text)} <small>(the paper: {_e(c.setting)})</small></li>"
+                        for n, c in enumerate(paper.claims, 1))
+        body = "\n".join("<tr>" + "".join(f"<td class='key'>{_e(row[k])}</td>" for k in CLAIM_HEADS)
+                         + "</tr>" for row in rows)
+        parts.append(f"<h3>Claims of {_e(paper.title)}</h3><ul>{items}</ul><div class='table'>"
+                     f"<table class='claims'>\n<tr>{heads}</tr>\n{body}\n</table></div>")
+    return "\n".join(parts)
 
 
 def _measured(section) -> tuple[list[str], list[str]]:
@@ -346,13 +550,16 @@ def _summary_metric(key: str, group: pd.DataFrame) -> str | None:
 def plot_summary(results: pd.DataFrame):
     """Per (paper, dataset), one metric of the paper's table per configuration (P0: CF1 at
     tuned thresholds, else its first measured column): bars of the mean over seeds with
-    sample-std error bars where there are several seeds, the paper's number as a black mark."""
+    sample-std error bars where there are several seeds, the paper's number as a black mark.
+    One legend for the figure, above the panels, where it covers no bar."""
     import matplotlib.pyplot as plt
 
     panels = list(results.groupby(["paper", "dataset"], sort=False))
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.8 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.8 * nrows + 0.4), squeeze=False,
+                             layout="constrained")
+    legend, spread = {}, False
     for ax, ((key, dataset), group) in zip(axes.flat, panels):
         paper, metric = PAPERS[key], _summary_metric(key, group)
         ax.set_title(f"{key}, {dataset}")
@@ -363,19 +570,25 @@ def plot_summary(results: pd.DataFrame):
         stats = group.groupby(keys, sort=False)[metric].agg(["mean", "std", "count"])
         rows = [dict(zip(keys, k if isinstance(k, tuple) else (k,))) for k in stats.index]
         labels = [", ".join(str(v) for v in row.values()) for row in rows]
-        errors = stats["std"].where(stats["count"] > 1)
-        ax.bar(labels, stats["mean"], yerr=errors.fillna(0),
-               capsize=3 if errors.notna().any() else 0)
+        errors = stats["std"].where(stats["count"] > 1)  # a single seed has no spread to show
+        several = errors.notna().any()
+        spread |= several
+        legend["ours"] = ax.bar(labels, stats["mean"], yerr=errors.to_numpy() if several else None,
+                                capsize=3)
         published = [paper.reported(dataset, row).get(metric) for row in rows]
         marks = [(x, y) for x, y in enumerate(published) if y is not None]
         if marks:
-            ax.scatter(*zip(*marks), marker="_", s=400, color="black", zorder=3, label="paper")
-            ax.legend(loc="lower right", fontsize=8)
+            legend["paper"] = ax.scatter(*zip(*marks), marker="_", s=400, color="black", zorder=3)
         ax.set_ylabel(f"test {metric}")
+        ax.set_xlabel(" / ".join(keys))
         ax.tick_params(axis="x", rotation=45)
+        for tick in ax.get_xticklabels():
+            tick.set_horizontalalignment("right")
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
-    fig.tight_layout()
+    if legend:
+        names = ["ours: mean over seeds, ± sample std" if key == "ours" and spread else key for key in legend]
+        fig.legend(legend.values(), names, loc="outside upper center", ncols=len(legend), frameon=False)
     return fig
 
 
@@ -416,18 +629,22 @@ def write_report(profile_dir: str | Path, title: str | None = None) -> list[dict
 
     definitions = _used(sections)
     papers = list(dict.fromkeys(s["paper"].key for s in sections))
-    md = [f"# {title}", "", NOTE, ""]
-    page = [f"<p>{_e(NOTE)} Metric names are defined <a href='#definitions'>below</a>.</p>",
-            "<nav>Contents: " + " · ".join(f"<a href='#{k}'>{k.upper()}</a>" for k in papers)
-            + " · <a href='#definitions'>metric definitions</a></nav>",
+    claims = claim_tables(results, profile_dir.name)
+    md = [f"# {title}", "", *_claims_markdown(claims), "## Results", "", NOTE, ""]
+    page = ["<nav>Contents: <a href='#claims'>claims</a> · "
+            + " · ".join(f"<a href='#{k}'>{k.upper()}</a>" for k in papers)
+            + " · <a href='#definitions'>metric definitions</a></nav>", _claims_html(claims),
+            (f"<h2 id='results'>Results</h2><p>{_e(NOTE)} Metric names are defined "
+             "<a href='#definitions'>below</a>.</p>"),
             (f"<figure class='summary'><img src='summary.png' alt='{_e(SUMMARY_CAPTION)}'>"
              f"<figcaption>{_e(SUMMARY_CAPTION)}</figcaption></figure>")]
     for key in papers:
         paper = PAPERS[key]
-        claims = "; ".join(paper.claims)
-        md += [f"## {paper.title}", "", f"The paper's claims: {claims}.", ""]
+        said = "; ".join(dict.fromkeys(claim.text for claim in paper.claims))
+        md += [f"## {paper.title}", "", f"The paper's claims: {said} (tested under Claims).", ""]
         page.append(f"<h2 id='{key}'>{_e(paper.title)}</h2>"
-                    f"<p>{_e('The paper’s claims: ' + claims)}.</p>")
+                    f"<p>{_e('The paper’s claims: ' + said)} (tested under "
+                    "<a href='#claims'>Claims</a>).</p>")
         own = [s for s in sections if s["paper"].key == key]
         for dataset in dict.fromkeys(s["dataset"] for s in own):
             page.append(f"<h3>{_e(dataset)}</h3>")

@@ -3,6 +3,7 @@ HTML that reads without a network, every metric defined once, narrow tables, and
 Chromium is installed) a screenshot that is not blank."""
 
 import base64
+import html
 import io
 import re
 import shutil
@@ -21,6 +22,7 @@ from reporting import fake_metrics
 from annotlib.papers import PAPERS, grid
 from annotlib.papers.p0 import p0_config
 from annotlib.report import DEFINITIONS, QUALIFIERS, write_report
+from annotlib.stats import TEST_OUTPUTS
 
 CHROMIUM = shutil.which("chromium") or next(
     (p for p in ("/usr/bin/chromium",) if Path(p).exists()), None)
@@ -93,19 +95,21 @@ def profile(tmp_path_factory) -> Path:
 
 
 class Page(HTMLParser):
-    """The tags of a page with their attributes, and its tables as rows of cell texts."""
+    """The tags of a page with their attributes, its results tables and its claims tables
+    (``class='claims'``) as rows of cell texts."""
 
     def __init__(self, text: str):
         super().__init__()
-        self.tags, self.tables, self.cell = [], [], None
+        self.tags, self.tables, self.claims, self.cell = [], [], [], None
         self.feed(text)
 
     def handle_starttag(self, tag, attrs):
         self.tags.append((tag, dict(attrs)))
         if tag == "table":
-            self.tables.append([])
+            self.current = self.claims if dict(attrs).get("class") == "claims" else self.tables
+            self.current.append([])
         elif tag == "tr":
-            self.tables[-1].append([])
+            self.current[-1].append([])
         elif tag in ("td", "th"):
             self.cell = []
         elif tag == "br" and self.cell is not None:
@@ -113,7 +117,7 @@ class Page(HTMLParser):
 
     def handle_endtag(self, tag):
         if tag in ("td", "th"):
-            self.tables[-1][-1].append("".join(self.cell).strip())
+            self.current[-1][-1].append("".join(self.cell).strip())
             self.cell = None
 
     def handle_data(self, data):
@@ -199,6 +203,25 @@ def test_every_metric_is_defined_once_and_tables_are_narrow(profile):
     p4 = next(t for t in report.tables if any(row[0] == "joint_dis" for row in t))
     assert not any(h.startswith("METEOR") for h in p4[0])
     assert "Not measured in these runs: METEOR." in text
+
+
+def test_claims_open_the_page_one_table_per_paper(profile):
+    text = (profile / "index.html").read_text(encoding="utf-8")
+    report = page(profile)
+    assert text.index("<h2 id='claims'>") < text.index("summary.png") < text.index("<h2 id='p0'>")
+    assert len(report.claims) == len(PAPERS)  # every paper ran
+    outcomes = ("reproduced", "not reproduced", "inconclusive", "not run", "not measured", "no interval: ")
+    for paper, table in zip(PAPERS.values(), report.claims):
+        heads = table[0]
+        assert heads[0] == "claim" and heads[-1] == "verdict" and all(len(row) == len(heads) for row in table)
+        assert {row[0] for row in table[1:]} == {f"C{n}" for n in range(1, len(paper.claims) + 1)}
+        assert all(row[-1].startswith(outcomes) for row in table[1:])
+        for claim in paper.claims:
+            assert html.escape(claim.text) in text
+    # These runs keep no per-image test outputs: each measured claim says so instead of an interval.
+    p0 = report.claims[0]
+    assert any(row[-1] == f"no interval: runs/p0/corel-5k/asl-seed0 has no {TEST_OUTPUTS} (run before "
+               "per-image outputs were kept, or its task keeps none)" for row in p0[1:])
 
 
 def test_every_column_of_every_paper_has_a_definition():

@@ -16,7 +16,9 @@ from annotlib.stats import (
     ANNOTATION_METRICS,
     Accuracy,
     AnnotationMetric,
+    ImageMean,
     MeanAveragePrecision,
+    SeedMean,
     bootstrap_indices,
     format_mean_std,
     mean_std,
@@ -164,6 +166,41 @@ def test_weighted_accuracy_against_a_loop():
     values = metric(multiplicities(indices, N_IMAGES))
     reference = [sum(int(predicted[i] == labels[i]) for i in row) / N_IMAGES for row in indices]
     np.testing.assert_allclose(values.numpy(), reference, rtol=0, atol=1e-15)
+
+
+def test_image_mean_against_a_loop_leaving_out_undefined_images():
+    values = torch.rand(N_IMAGES, generator=torch.Generator().manual_seed(14))
+    values[::7] = torch.nan  # e.g. queries without a relevant item
+    metric = ImageMean(values, "mAP")
+    defined = values[~values.isnan()].double()
+    assert metric(torch.ones(1, N_IMAGES, dtype=torch.int64)).item() == pytest.approx(defined.mean().item(),
+                                                                                      abs=1e-15)
+    indices = bootstrap_indices(N_IMAGES, 30, seed=14)
+    reference = [np.nanmean(values[i].double().numpy()) for i in indices]
+    np.testing.assert_allclose(metric(multiplicities(indices, N_IMAGES)).numpy(), reference, rtol=0, atol=1e-12)
+    only_undefined = torch.zeros(1, N_IMAGES, dtype=torch.int64)
+    only_undefined[0, 0] = 2
+    assert math.isnan(metric(only_undefined).item())
+    with pytest.raises(ValueError, match="mAP: per-image values must be a float vector"):
+        ImageMean(values[:, None], "mAP")
+
+
+def test_seed_mean_bootstrap_equals_the_slow_loop_over_seed_averaged_differences():
+    """Two seeds per side on the same images: each resample draws the same images for both
+    seeds, and the interval is of the mean over seeds of the differences."""
+    scores_a, scores_b, targets, thresholds = make_case(15)
+    g = torch.Generator().manual_seed(15)
+    seeds = [(scores_a, scores_b), (scores_a + 0.2 * torch.rand(scores_a.shape, generator=g),
+                                    scores_b + 0.2 * torch.rand(scores_b.shape, generator=g))]
+    sides = [SeedMean([weighted("CF1", pair[k], targets, thresholds) for pair in seeds]) for k in (0, 1)]
+    result = paired_bootstrap(*sides, n_resamples=50, seed=15)
+    differences = [np.mean([unweighted("CF1", a[i], targets[i], thresholds)
+                            - unweighted("CF1", b[i], targets[i], thresholds) for a, b in seeds])
+                   for i in bootstrap_indices(N_IMAGES, 50, seed=15)]
+    np.testing.assert_allclose(result.differences.numpy(), differences, rtol=0, atol=1e-12)
+    assert result.interval == pytest.approx(tuple(np.percentile(differences, [2.5, 97.5])), abs=1e-12)
+    with pytest.raises(ValueError, match="one metric on the same number of images"):
+        SeedMean([weighted("CF1", scores_a, targets, thresholds), MeanAveragePrecision(scores_a, targets)])
 
 
 def test_multiplicities_count_each_row():

@@ -39,6 +39,41 @@ def single_training(run: Run) -> list[tuple[str, TrainConfig]]:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """One claim of a paper as the report tests it: on each of ``metrics`` (results columns),
+    the rows with the row-key values ``better`` beat those with each of ``than``, higher
+    being better for ``direction`` +1 and lower for -1. The row keys neither side names are
+    part of the setting: the claim is tested at each of their values (P3's proportion p), and
+    ``{}`` on both sides compares each row with itself on ``than_metrics`` (the other side's
+    column per metric: P0's CF1@tuned against CF1@0.5 of the same runs). ``text``: the
+    claim in words; ``setting``: where the paper makes it."""
+
+    text: str
+    metrics: tuple[str, ...]
+    better: dict = field(default_factory=dict)
+    than: tuple[dict, ...] = ({},)
+    direction: int = 1
+    setting: str = ""
+    than_metrics: tuple[str, ...] | None = None
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """(this side's column, the other side's column) per metric."""
+        return list(zip(self.metrics, self.than_metrics or self.metrics))
+
+    def check(self, paper: str, row_keys: tuple[str, ...], columns: tuple[str, ...]) -> None:
+        where = f"{paper} claim {self.text!r}"
+        if self.direction not in (1, -1):
+            raise ValueError(f"{where}: direction must be +1 or -1, got {self.direction}")
+        if self.than_metrics is not None and len(self.than_metrics) != len(self.metrics):
+            raise ValueError(f"{where}: than_metrics must give one column per metric")
+        unknown = sorted({m for pair in self.pairs() for m in pair} - set(columns))
+        keys = sorted({k for side in (self.better, *self.than) for k in side} - set(row_keys))
+        if unknown or keys or not self.than:
+            raise ValueError(f"{where}: unknown columns {unknown}, unknown row keys {keys} or no "
+                             f"'than' (columns: {', '.join(columns)}; row keys: {', '.join(row_keys)})")
+
+
+@dataclass(frozen=True)
 class Paper:
     """What the grid, the notebooks and the report need to know of one paper.
 
@@ -51,7 +86,7 @@ class Paper:
       apart (``{"loss": "bce"}``);
     - ``columns``: the test metrics its table shows; ``reported(dataset, row)`` the paper's
       published numbers by column, ``differences(metrics)`` how a run differs from the paper;
-    - ``claims``: what the paper claims, in words.
+    - ``claims``: what the paper claims, as :class:`Claim` s the report tests.
     """
 
     key: str
@@ -67,7 +102,11 @@ class Paper:
     reported: Callable[[str, dict], dict]
     differences: Callable[[dict], list[str]]
     trainings: Callable[[Run], list[tuple[str, TrainConfig]]] = single_training
-    claims: tuple[str, ...] = ()
+    claims: tuple[Claim, ...] = ()
+
+    def __post_init__(self) -> None:
+        for claim in self.claims:
+            claim.check(self.key, self.row_keys, self.columns)
 
 
 # What a paper notebook's parameters cell names; the rest of a config travels as ``extra``.
@@ -134,5 +173,5 @@ def grid(profile: str, *, papers: list[str] | None = None, datasets: list[str] |
     return [run for key in (papers or PAPERS) for run in PAPERS[key].grid(profile, datasets, seeds)]
 
 
-__all__ = ["NOTEBOOK_FIELDS", "PAPERS", "PROFILES", "Paper", "Run", "grid", "method_notebook_parameters",
+__all__ = ["NOTEBOOK_FIELDS", "PAPERS", "PROFILES", "Claim", "Paper", "Run", "grid", "method_notebook_parameters",
            "method_results", "restrict_methods", "run_trainings"]

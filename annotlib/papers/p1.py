@@ -4,7 +4,7 @@ set, against independent binary classifiers on the same backbone."""
 from __future__ import annotations
 
 from ..train.config import TrainConfig
-from . import Paper, Run, method_notebook_parameters, method_results, restrict_methods
+from . import Claim, Paper, Run, method_notebook_parameters, method_results, restrict_methods
 
 SEQUENCE = {"task": "label_sequence", "head": "cnn_rnn", "loss": "cross_entropy",
             "loss_kwargs": {"ignore_index": -1}}
@@ -100,7 +100,10 @@ PAPER = Paper(
     columns=("mAP", "CF1@decoded", "OF1@decoded", "N+@decoded", "CF1@0.5", "OF1@0.5", "N+@0.5"),
     reported=lambda dataset, row: REPORTED.get(dataset, {}) if row.get("method") == "cnn_rnn" else {},
     differences=differences,
-    claims=("the recurrent decoder beats independent binary classifiers (BCE) on the same backbone",),
+    claims=(Claim("the recurrent decoder beats independent binary classifiers (BCE) on the same backbone",
+                  metrics=("mAP", "CF1@decoded", "OF1@decoded"), than_metrics=("mAP", "CF1@0.5", "OF1@0.5"),
+                  better={"method": "cnn_rnn"}, than=({"method": "bce"},),
+                  setting="VOC 2007, MS-COCO, NUS-WIDE; VGG-16 (its label sets decoded, BCE's at 0.5)"),),
 )
 
 

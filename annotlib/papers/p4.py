@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..train.config import TrainConfig
-from . import NOTEBOOK_FIELDS, Paper, Run, method_results, restrict_methods
+from . import NOTEBOOK_FIELDS, Claim, Paper, Run, method_results, restrict_methods
 
 JOINT = {"task": "captioning", "head": "cam_captioner", "loss": "joint_caption"}
 # The loss weights of each method (JointCaptionLoss): P4's model, its joint baseline without
@@ -133,9 +133,24 @@ PAPER = Paper(
              "agreement_kl"),
     reported=lambda dataset, row: {},  # P4's tables are not available to us
     differences=differences,
-    claims=("the disagreement loss improves captioning (BLEU, METEOR, CIDEr) over joint training without it",
-            "joint training improves both tasks over the captioner-only and classifier-only models",
-            "with the disagreement loss the decoder attends where the class's CAM is (better localisation)"),
+    # P4's model (joint training with L_dis) against each model a claim names; the second claim
+    # is on two tasks, each against its single-task model.
+    claims=tuple(Claim(text, metrics=metrics, better={"method": "joint_dis"}, than=({"method": than},),
+                       setting="CUB-200, Oxford-102 (P4's model: joint training with the disagreement loss)")
+                 for text, metrics, than in (
+        ("the disagreement loss improves captioning (BLEU, METEOR, CIDEr) over joint training without it",
+         ("BLEU-4", "METEOR", "CIDEr-D"), "joint"),
+        ("joint training improves both tasks over the captioner-only and classifier-only models",
+         ("BLEU-4", "CIDEr-D"), "captioner"),
+        ("joint training improves both tasks over the captioner-only and classifier-only models",
+         ("accuracy", "mAP"), "classifier"),
+        ("with the disagreement loss the decoder attends where the class's CAM is (better localisation)",
+         ("pointing_game_attention",), "joint"))) + (
+        # What L_dis optimises, measured on decoded captions against the true classes' CAMs:
+        # lower is better.
+        Claim("with the disagreement loss the decoder attends where the class's CAM is (better localisation)",
+              metrics=("agreement_kl",), better={"method": "joint_dis"}, than=({"method": "joint"},),
+              direction=-1, setting="CUB-200, Oxford-102 (P4's model: joint training with the disagreement loss)"),),
 )
 
 

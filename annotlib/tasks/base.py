@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -25,6 +26,8 @@ class Task:
       could leak; outputs are a tensor, or a dict of tensors and lists, one row per image.
     - :meth:`evaluate` ``(outputs, split) -> {name: number}``; :attr:`selection` the
       validation metric that picks the epoch and whether higher is better.
+    - :meth:`test_outputs` what a paired bootstrap between runs needs of the test outputs,
+      kept beside ``metrics.json`` (by default nothing: the report then gives no interval).
     - optional: :meth:`calibrate` on :attr:`calibration_split`'s outputs after training
       (per-label thresholds), several training :attr:`rounds` with :meth:`next_round` in
       between (curriculum labelling), and a JSON :meth:`state_dict` saved with the run.
@@ -64,6 +67,15 @@ class Task:
     def validation_metrics(self, outputs: Outputs, split: Split) -> dict[str, float]:
         """What is computed on val after every epoch; by default :meth:`evaluate`."""
         return self.evaluate(outputs, split)
+
+    def test_outputs(self, outputs: Outputs, split: Split) -> dict[str, np.ndarray]:
+        """What the report's paired bootstrap needs of the test split's ``outputs``, by name
+        (see :func:`annotlib.stats.weighted_metric`): :func:`~annotlib.stats.multilabel_outputs`
+        for label scores, :func:`~annotlib.stats.image_values` for a metric that is a mean over
+        images. Written to ``test_outputs.npz`` beside ``metrics.json``: for a COCO-sized test
+        set (40,504 images x 80 labels) 12.5 MB with scores, at most 0.16 MB per per-image metric.
+        By default nothing is kept, and the report says so instead of giving an interval."""
+        return {}
 
     def calibrate(self, outputs: Outputs, split: Split) -> dict:
         """Fit what evaluation needs from :attr:`calibration_split`; returns facts to record."""

@@ -8,6 +8,7 @@ import torch
 from ..data import Split
 from ..metrics import annotation_metrics, mean_average_precision
 from ..models.cnn_rnn import PAD, label_sequences
+from ..stats import multilabel_outputs
 from .base import Task
 
 
@@ -65,6 +66,9 @@ class LabelSequenceTask(Task):
             chosen = torch.zeros_like(outputs["scores"]).scatter_(1, top, 1.0)
             metrics.update({f"{k}@top{self.top_k}": v for k, v in annotation_metrics(chosen, targets, 0.5).items()})
         return metrics
+
+    def test_outputs(self, outputs, split):
+        return multilabel_outputs(outputs["scores"], split.labels, {"decoded": (outputs["labels"], 0.5)})
 
     def protocol(self):
         return [*super().protocol(), (f"labels decoded by beam search (beam {self.beam_size}), "

@@ -10,7 +10,8 @@ from ..data.emotions import EMOTIONS, category_polarity, graded_relevance
 from ..data.samplers import MPerClass
 from ..losses.sentiment import SentimentLoss
 from ..metrics.classification import accuracy, polarity_accuracy
-from ..metrics.retrieval import retrieval_metrics
+from ..metrics.retrieval import retrieval_metrics, retrieval_scores
+from ..stats import image_values
 from .base import Task
 
 
@@ -84,6 +85,15 @@ class MetricLearningTask(Task):
         retrieval = retrieval_metrics(embedding, ids, gains, [k for k in self.ks if k < len(ids)] or [len(ids) - 1])
         del retrieval["queries"]  # a count, not a score
         return {**metrics, **retrieval}
+
+    def test_outputs(self, outputs, split):
+        # Per image: whether its class is right, and its AP as a query (NaN: nothing relevant);
+        # a resample draws queries, each still ranking the whole test split.
+        logits, embedding = outputs["logits"], outputs["embedding"]
+        ids = split.category_ids.to(logits.device)
+        gains = graded_relevance(self.categories).to(embedding.device) if self.emotions else None
+        per_query = retrieval_scores(embedding, ids, gains, [1])
+        return image_values(accuracy=(logits.argmax(1) == ids).float(), mAP=per_query["AP"])
 
     def protocol(self):
         order = f"batches of every category, >= {self.m} images each" if self.m else "shuffled batches"

@@ -17,9 +17,11 @@ fi
 stamp="$env_dir/.annotlib-installed"
 want="$(cat "$repo/pyproject.toml" | sha1sum | cut -d' ' -f1) $repo"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "installing annotlib and its dependencies into $env_dir" >&2
+  echo "installing annotlib and its dependencies into $env_dir; pip lists each download" >&2
   python -m pip install --quiet --upgrade pip
-  python -m pip install --quiet -e "$repo[dev]"
+  # Not --quiet: a first install downloads PyTorch and its libraries, gigabytes that would
+  # otherwise pass without a word.
+  python -m pip install --progress-bar on -e "$repo[dev]"
   echo "$want" > "$stamp"
 fi
 # Real datasets: $ANNOTLIB_DATA_ROOT, else a data folder beside the repository when there is one.

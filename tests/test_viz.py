@@ -1,4 +1,5 @@
 import ast
+import itertools
 from pathlib import Path
 
 import matplotlib
@@ -12,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from matplotlib.colors import to_rgba
+from matplotlib.container import BarContainer
 from threadpoolctl import threadpool_limits
 from torch import nn
 
@@ -97,35 +99,62 @@ def scatter_groups(ax) -> dict[str, np.ndarray]:
     return {c.get_label(): np.asarray(c.get_offsets()) for c in ax.collections}
 
 
-def test_plot_embedding_colours_by_the_most_frequent_positive_among_the_top():
+def test_plot_embedding_colours_by_the_rarest_positive_among_the_top():
     # Vocabulary order is the reverse of frequency order (a: 4, b: 3, c: 2, d: 1 positives),
     # so picking by column index instead of frequency would give other colours.
     classes = ["d", "c", "b", "a"]
     labels = torch.tensor([
-        [0, 0, 1, 1],   # a, b -> a
+        [0, 0, 1, 1],   # a, b -> b
         [0, 1, 1, 0],   # b, c -> b
         [1, 1, 0, -1],  # c, d -> other (neither in the top 2; -1 is unknown, not positive)
         [0, 0, 0, 1],   # a
         [0, 0, 0, 0],   # nothing -> other
         [0, 0, 0, 1],   # a
-        [0, 0, 1, 1],   # a, b -> a
+        [0, 0, 1, 1],   # a, b -> b
     ], dtype=torch.int8)
     points = np.arange(14, dtype=float).reshape(7, 2)
     ax = plot_embedding(points, labels, classes, top=2, title="t")
     groups = scatter_groups(ax)
     assert set(groups) == {"a", "b", "other"}
-    assert np.array_equal(groups["a"], points[[0, 3, 5, 6]])
-    assert np.array_equal(groups["b"], points[[1]])
+    assert np.array_equal(groups["a"], points[[3, 5]])
+    assert np.array_equal(groups["b"], points[[0, 1, 6]])
     assert np.array_equal(groups["other"], points[[2, 4]])
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b", "other"]
     colours = {c.get_label(): tuple(c.get_facecolors()[0]) for c in ax.collections}
     assert colours["other"] == to_rgba((0.75, 0.75, 0.75))
     assert len(set(colours.values())) == 3
     assert ax.get_title() == "t"
+    assert ax.get_xlabel() and ax.get_ylabel()
 
-    # With the top 3, the third point takes c, its more frequent label (not d, listed first).
+    # With the top 3, points 1 and 2 take c, their rarer label (point 2: not d, listed first).
     groups = scatter_groups(plot_embedding(points, labels, classes, top=3))
-    assert np.array_equal(groups["c"], points[[2]])
+    assert np.array_equal(groups["c"], points[[1, 2]])
+    # x is on every point, each of which has a rarer label: x colours nothing and is not listed.
+    ax = plot_embedding(points[:4], [[1, 1, 0], [1, 0, 1], [1, 1, 0], [1, 0, 1]], ["x", "y", "z"])
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["y", "z"]
+
+    # One label against the rest, by name or index.
+    for label in ("b", 2):
+        groups = scatter_groups(plot_embedding(points, labels, classes, label=label))
+        assert set(groups) == {"b", "other"} and np.array_equal(groups["b"], points[[0, 1, 6]])
+    with pytest.raises(ValueError, match="label 'e' is not among the classes"):
+        plot_embedding(points, labels, classes, label="e")
+
+
+def test_embedding_legends_stay_inside_the_figure_and_off_the_next_panel():
+    labels = np.eye(12, dtype=int)[np.arange(60) % 12]
+    classes = [f"a rather long label name {i}" for i in range(12)]
+    points = np.random.default_rng(0).standard_normal((60, 2))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), layout="constrained")
+    for ax in axes:
+        plot_embedding(points, labels, classes, ax=ax)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box = fig.bbox
+    for ax in axes:
+        legend = ax.get_legend().get_window_extent(renderer)
+        assert box.x0 <= legend.x0 and legend.x1 <= box.x1 and box.y0 <= legend.y0 and legend.y1 <= box.y1
+    assert not axes[0].get_legend().get_window_extent(renderer).overlaps(axes[1].get_window_extent(renderer))
 
 
 def test_plot_embedding_takes_single_label_class_ids():
@@ -219,12 +248,23 @@ def test_plot_cams_draws_the_image_then_one_overlay_per_class():
     heats = torch.rand(2, 3, 8, 8)
     titles = [["a", "b", "c"], ["d", "e", "f"]]
     fig = plot_cams(images, heats, titles)
-    axes = np.array(fig.axes).reshape(2, 4)
+    axes = np.array(fig.axes[:-1]).reshape(2, 4)  # the last: the colour bar
     assert [[ax.get_title() for ax in row[1:]] for row in axes] == titles
     assert np.array_equal(axes[0, 0].images[0].get_array(), images[0])
     assert np.allclose(axes[1, 2].images[0].get_array(), overlay(images[1], heats[1, 1]))
     with pytest.raises(ValueError, match="titles"):
         plot_cams(images, heats, titles[:1])
+
+
+def test_plot_cams_titles_each_image_with_its_true_labels_and_adds_a_colour_bar():
+    images = np.zeros((2, 8, 8, 3), dtype=np.uint8)
+    fig = plot_cams(images, torch.rand(2, 1, 8, 8), [["a 0.9"], ["b 0.2"]], truth=[["a", "c"], []])
+    image_axes = [ax for ax in fig.axes if ax.images]
+    assert [image_axes[i].get_title() for i in (0, 2)] == ["true: a, c", "true: (no label)"]
+    (bar,) = [ax for ax in fig.axes if not ax.images]  # the colour bar's own Axes
+    assert bar.get_ylabel() and bar.get_ylim() == (0.0, 1.0)
+    with pytest.raises(ValueError, match="truth must be 2 lists"):
+        plot_cams(images, torch.rand(2, 1, 8, 8), [["a"], ["b"]], truth=[["a"]])
 
 
 # ----- curves
@@ -245,9 +285,19 @@ def test_plot_history_draws_losses_and_validation_metrics(tmp_path):
         assert [line.get_label() for line in loss_ax.lines] == ["train", "val"]
         assert [line.get_label() for line in metric_ax.lines] == ["mAP", "CF1", "OF1"]
         assert np.array_equal(metric_ax.lines[0].get_ydata(), [0.2, 0.4, 0.5])
+        assert all(ax.get_xlabel() == "epoch" and ax.get_ylabel() for ax in (loss_ax, metric_ax))
     pd.DataFrame({"epoch": [1], "lr": [0.1]}).to_csv(path, index=False)
     with pytest.raises(ValueError, match="history.csv: a history needs"):
         plot_history(path)
+
+
+def test_plot_history_of_a_run_selecting_on_test_draws_the_test_metrics():
+    # fit names the scored split's columns after selection_split ("test_CF1", ...)
+    history = history_frame().rename(columns=lambda c: c.replace("val_", "test_"))
+    loss_ax, metric_ax = plot_history(history).axes[:2]
+    assert [line.get_label() for line in loss_ax.lines] == ["train", "test"]
+    assert [line.get_label() for line in metric_ax.lines] == ["mAP", "CF1", "OF1"]
+    assert "test" in metric_ax.get_title()
 
 
 def test_plot_f1_vs_frequency_places_and_names_labels():
@@ -260,6 +310,27 @@ def test_plot_f1_vs_frequency_places_and_names_labels():
     assert [t.get_text() for t in ax.texts] == ["b", "e"]
     assert "(1 without training positives not shown)" in ax.get_title()
     assert not plot_f1_vs_frequency(f1, frequency).texts  # names need classes
+    assert "count" in ax.get_xlabel() and ax.get_ylabel() == "F1"
+
+
+def visible_tick_boxes(ax):
+    ax.figure.canvas.draw()
+    renderer = ax.figure.canvas.get_renderer()
+    labels = ax.xaxis.get_majorticklabels() + ax.xaxis.get_minorticklabels()
+    lo, hi = sorted(ax.get_xlim())
+    return [t.get_window_extent(renderer) for t in labels
+            if t.get_visible() and t.get_text() and lo <= t.get_position()[0] <= hi]
+
+
+@pytest.mark.parametrize("frequency", [np.arange(12, 61, 4), np.arange(100, 900, 50), np.geomspace(1, 500, 12),
+                                       np.geomspace(2, 90000, 12)], ids=["12-60", "100-850", "1-500", "2-90000"])
+def test_plot_f1_vs_frequency_tick_labels_do_not_overlap(frequency):
+    # A small panel, where matplotlib's own log-axis labels (2x10^1, 3x10^1, ...) collide.
+    _, ax = plt.subplots(figsize=(3, 3))
+    plot_f1_vs_frequency(np.linspace(0, 1, len(frequency)), frequency, ax=ax)
+    boxes = sorted(visible_tick_boxes(ax), key=lambda b: b.x0)
+    assert len(boxes) >= 2  # a reader can tell the scale
+    assert all(left.x1 < right.x0 for left, right in itertools.pairwise(boxes))
 
 
 # ----- datasets
@@ -296,7 +367,7 @@ def test_plot_label_frequency_bars_are_sorted_column_sums():
     heights = [bar.get_height() for bar in ax.patches]
     assert heights == [4, 3, 2, 0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["sky", "tree", "car", "cat"]
-    assert ax.get_yscale() == "log"
+    assert ax.get_yscale() == "log" and ax.get_xlabel() and ax.get_ylabel()
 
 
 def test_plot_cooccurrence_shows_conditional_probabilities():
@@ -312,6 +383,12 @@ def test_plot_cooccurrence_shows_conditional_probabilities():
     assert [t.get_text() for t in ax.get_xticklabels()] == ["sky", "tree", "car"]
     # Only labels with a positive take part: "cat" never appears.
     assert len(plot_cooccurrence(LABELS, CLASSES, top=10).get_yticklabels()) == 3
+    assert ax.get_xlabel() and ax.get_ylabel()
+
+
+def test_positive_names_lists_each_images_positive_labels():
+    assert viz.positive_names(LABELS, CLASSES)[:5] == [["sky", "tree"], ["sky", "car"], [],
+                                                       ["sky", "tree", "car"], ["tree"]]
 
 
 def test_plot_image_grid_titles_every_image():
@@ -340,3 +417,37 @@ def test_viz_imports_neither_train_nor_umap_at_module_level():
                 continue
             for module in modules:
                 assert not module.startswith(("annotlib.train", "..train", "umap")), (path, module)
+
+
+# ----- the report's summary plot
+
+
+def summary_results(seeds: int) -> pd.DataFrame:
+    rows = [{"paper": "p0", "dataset": "corel-5k", "loss": loss, "selected on": "val", "seed": seed,
+             "CF1@tuned": value + 0.02 * seed}
+            for loss, value in (("bce", 0.40), ("unsymmetric", 0.47)) for seed in range(seeds)]
+    return pd.DataFrame(rows)
+
+
+def test_plot_summary_draws_error_bars_only_for_several_seeds_and_keeps_its_legend_off_the_bars():
+    from annotlib.report import plot_summary
+
+    def bars(ax):
+        (container,) = [c for c in ax.containers if isinstance(c, BarContainer)]
+        return container
+
+    (ax,) = plot_summary(summary_results(1)).axes
+    assert bars(ax).errorbar is None and ax.get_ylabel() == "test CF1@tuned"
+    assert np.allclose([bar.get_height() for bar in bars(ax)], [0.40, 0.47])
+    fig = plot_summary(summary_results(2))
+    (ax,) = fig.axes
+    segments = bars(ax).errorbar.lines[2][0].get_segments()  # mean ± sample std of 2 seeds
+    assert np.allclose([seg[:, 1] for seg in segments], [[0.41 - 0.014142, 0.41 + 0.014142],
+                                                         [0.48 - 0.014142, 0.48 + 0.014142]], atol=1e-5)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    (legend,) = fig.legends
+    box = legend.get_window_extent(renderer)
+    assert [t.get_text() for t in legend.get_texts()] == ["ours: mean over seeds, ± sample std", "paper"]
+    assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1 and fig.bbox.y0 <= box.y0 and box.y1 <= fig.bbox.y1
+    assert not box.overlaps(ax.get_window_extent(renderer))

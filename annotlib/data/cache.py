@@ -260,14 +260,16 @@ def _allocate(file, total: int) -> None:
 
 
 def _fill(out: np.ndarray, results, chunk: int, progress: bool, total: int) -> None:
-    # A plain line per tenth, not a bar: readable in a log and in an executed notebook.
-    started, shown = time.perf_counter(), 0
+    # Plain lines, not a bar (readable in a log and in an executed notebook): one every 10 s
+    # of a long decode, and one at the end.
+    started = shown = time.perf_counter()
     for i, block in enumerate(results):
         out[i * chunk:i * chunk + len(block)] = block
-        if progress and (i + 1) * 10 // total > shown:
-            shown = (i + 1) * 10 // total
+        now = time.perf_counter()
+        if progress and (now - shown >= 10 or i + 1 == total):
+            shown = now
             print(f"decoding {len(out)} images: {min((i + 1) * chunk, len(out))} done in "
-                  f"{time.perf_counter() - started:.0f} s", flush=True)
+                  f"{now - started:.0f} s", flush=True)
 
 
 def channel_stats(images: np.ndarray, max_images: int = 2000) -> tuple[list[float], list[float]]:

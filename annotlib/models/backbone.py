@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
+# timm imports huggingface_hub, whose tqdm.auto warns "IProgress not found" in every Jupyter
+# kernel without ipywidgets. Nothing here draws a progress bar (training prints a line per
+# epoch), so the warning would only clutter each executed notebook.
+warnings.filterwarnings("ignore", message="IProgress not found")
 import timm
 from torch import nn
 

@@ -14,10 +14,11 @@ import torch.distributed as dist
 from torch import nn
 
 from ..data import Split
+from ..data.batches import rank_seed
 from ..io import atomic_torch_save, atomic_write_text, torch_load
 from ..tasks import Outputs, Task
 from .config import TrainConfig
-from .distributed import Context, wrap
+from .distributed import Context, broadcast_buffers, gather_shards, sync_batchnorm, wrap
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -101,7 +102,8 @@ def predict(model: nn.Module, step: Callable[[nn.Module, torch.Tensor], Outputs]
             bf16: bool = True) -> Outputs:
     """``step(model, images)`` (e.g. a task's ``predict_step``) over ``batches`` in their order,
     gathered into one output, with the model in eval mode. ``step`` sees the images only:
-    nothing else of a batch (labels, captions) can leak into a prediction."""
+    nothing else of a batch (labels, captions) can leak into a prediction. Batches sharded
+    over ranks (``batches.world_size > 1``) give every rank the whole split's output."""
     was_training = model.training
     model.eval()
     chunks = []
@@ -110,6 +112,8 @@ def predict(model: nn.Module, step: Callable[[nn.Module, torch.Tensor], Outputs]
         with precision:
             chunks.append(step(model, batch["image"]))
     model.train(was_training)
+    if getattr(batches, "world_size", 1) > 1:
+        return gather_shards(_gather(chunks), batches.num_samples, batches.world_size, batches.device)
     return _gather(chunks)
 
 
@@ -160,12 +164,28 @@ def _write_history(path: Path, history: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _run_name(out: Path) -> str:
+    """The folder's place under ``runs/`` (paper/dataset/variant in a grid), else its name."""
+    parts = out.parts
+    if "runs" not in parts[:-1]:
+        return out.name
+    return "/".join(parts[len(parts) - parts[::-1].index("runs"):])
+
+
 def fit(model: nn.Module, task: Task, train_batches, val_batches, val_split: Split, cfg: TrainConfig,
         out_dir: str | Path, *, ctx: Context | None = None) -> list[dict]:
-    """Train ``model`` for ``cfg.epochs`` with ``task``, validating after every epoch.
+    """Train ``model`` for ``cfg.epochs`` with ``task``, scoring ``val_batches`` (the
+    ``cfg.selection_split``: validation by default) after every epoch.
 
-    Writes ``history.csv``, ``best.pt`` (the weights of the epoch with the best
-    ``task.selection`` metric on the validation split; the test split is never looked at) and
+    Writes ``history.csv`` (the scored split's metrics as ``<selection_split>_<metric>``),
+    ``best.pt`` (the weights of the epoch with the best ``task.selection`` metric on that
+    split; with the default "val" the test split is never looked at) and
     ``checkpoint.pt`` (everything needed to resume) into ``out_dir``, each atomically
     at the end of an epoch. Called again on the same ``out_dir``, it resumes after the
     last finished epoch and ends with the same weights as an uninterrupted run. An epoch whose
@@ -183,7 +203,8 @@ def fit(model: nn.Module, task: Task, train_batches, val_batches, val_split: Spl
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg, len(train_batches))
     metric, mode = task.selection
-    select = f"val_{metric}"
+    prefix = cfg.selection_split
+    select = f"{prefix}_{metric}"
     history: list[dict] = []
     checkpoint = out / "checkpoint.pt"
     if checkpoint.exists():
@@ -194,16 +215,24 @@ def fit(model: nn.Module, task: Task, train_batches, val_batches, val_split: Spl
         history = state["history"]
     if use_channels_last(cfg, device):
         model.to(memory_format=torch.channels_last)
-    step_model = wrap(model, ctx)
+    step_model = wrap(model, ctx, sync_batchnorm(cfg.sync_bn, model, train_batches.batch_size, ctx))
     if cfg.compile:
         step_model = torch.compile(step_model)
+    # One plain line per epoch, not a bar: it reads the same in a terminal, a log and the
+    # executed notebook, which papermill streams to the grid runner's terminal.
+    name, first, fit_started = _run_name(out), len(history), time.perf_counter()
+    report = ctx.is_main and cfg.progress
+    if report and first < cfg.epochs:
+        print(f"{name}: training epochs {first + 1} to {cfg.epochs}", flush=True)
 
-    for epoch in range(len(history), cfg.epochs):
-        torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout draws depend on the epoch only: resumable
+    for epoch in range(first, cfg.epochs):
+        # Dropout draws depend on the epoch (resumable) and the rank (each its own masks) only.
+        torch.manual_seed(rank_seed(cfg.seed * 1000 + epoch, ctx.rank))
         train_batches.set_epoch(epoch)
         model.train()
         started = time.perf_counter()
         losses = train_epoch(step_model, task, train_batches, optimizer, scheduler, cfg, epoch)
+        broadcast_buffers(model, ctx)
         seconds = time.perf_counter() - started
         if ctx.distributed:  # the mean over every rank's shard: each rank takes the same decision
             total = torch.tensor(losses, dtype=torch.float64, device=device)
@@ -212,13 +241,13 @@ def fit(model: nn.Module, task: Task, train_batches, val_batches, val_split: Spl
         check_divergence(task, [r["train_loss"] for r in history] + [losses], cfg)
         outputs = predict(model, task.predict_step, val_batches, bf16=cfg.bf16)
         row = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "train_loss": losses,
-               **{f"val_{k}": v for k, v in task.validation_metrics(outputs, val_split).items()},
+               **{f"{prefix}_{k}": v for k, v in task.validation_metrics(outputs, val_split).items()},
                "train_seconds": round(seconds, 3),
                "train_img_per_s": round(len(train_batches) * train_batches.batch_size * ctx.world_size
                                         / seconds, 2)}
         if select not in row:
             raise KeyError(f"{task.name}: the selection metric {metric!r} is not among its validation "
-                           f"metrics ({', '.join(k[4:] for k in row if k.startswith('val_'))})")
+                           f"metrics ({', '.join(k[len(prefix) + 1:] for k in row if k.startswith(prefix + '_'))})")
         seen = [r[select] for r in history]
         improved = not seen or (row[select] > max(seen) if mode == "max" else row[select] < min(seen))
         history.append(row)
@@ -228,19 +257,24 @@ def fit(model: nn.Module, task: Task, train_batches, val_batches, val_split: Spl
             atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                "scheduler": scheduler.state_dict(), "history": history}, checkpoint)
             _write_history(out / "history.csv", history)
+        if report:
+            eta = (time.perf_counter() - fit_started) / (epoch + 1 - first) * (cfg.epochs - epoch - 1)
+            print(f"{name}  epoch {epoch + 1}/{cfg.epochs}  train_loss {losses:.4f}  {select} "
+                  f"{row[select]:.4f}  {row['train_img_per_s']:.0f} img/s  ETA {_duration(eta)}", flush=True)
         ctx.barrier()  # every rank sees this epoch's files before any goes on
+    if report and history and first < cfg.epochs:
+        best = (max if mode == "max" else min)(history, key=lambda r: r[select])
+        print(f"{name}: trained in {_duration(time.perf_counter() - fit_started)}; best epoch "
+              f"{best['epoch']}, {select} {best[select]:.4f}", flush=True)
     return history
 
 
 def train_epoch(model, task, batches, optimizer, scheduler, cfg, epoch) -> float:
     """One epoch; returns the mean training loss. A non-finite loss stops training with
     the epoch, step, sample indices and loss name."""
-    from tqdm.auto import tqdm
     check_every = 20  # a host sync per check; on CUDA, checking every step would stall the queue
     pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
     total = torch.zeros((), device=batches.device)
-    bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
-               leave=False)
     precision = autocast(batches.device, cfg.bf16)  # reusable: entered once per step
     for step, batch in enumerate(batches):
         with precision:
@@ -259,9 +293,5 @@ def train_epoch(model, task, batches, optimizer, scheduler, cfg, epoch) -> float
                     f"{task.name} task's loss ({type(task.loss).__name__}) is {value.item()} at epoch {epoch + 1}, step {at + 1} of "
                     f"{len(batches)}, batch sample indices {idx_bad.tolist()}")
             total += losses.sum()
-            bar.update(len(pending))
-            if cfg.progress:
-                bar.set_postfix(loss=f"{losses.mean().item():.4f}")
             pending.clear()
-    bar.close()
     return total.item() / len(batches)

@@ -9,7 +9,13 @@ torch tensors or numpy arrays. This package reads results and never imports
 
 from .cam import class_activation_maps, decoded_step_cams, overlay, plot_cams
 from .curves import plot_f1_vs_frequency, plot_history, plot_metric_vs_proportion
-from .datasets import dataset_summary, plot_cooccurrence, plot_image_grid, plot_label_frequency
+from .datasets import (
+    dataset_summary,
+    plot_cooccurrence,
+    plot_image_grid,
+    plot_label_frequency,
+    positive_names,
+)
 from .embeddings import plot_embedding, project_2d
 
 __all__ = [
@@ -25,5 +31,6 @@ __all__ = [
     "plot_image_grid",
     "plot_label_frequency",
     "plot_metric_vs_proportion",
+    "positive_names",
     "project_2d",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -10,6 +11,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 
 from .embeddings import to_numpy
 
@@ -153,23 +156,34 @@ def overlay(image, heat, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
     return (1.0 - alpha) * (image / 255.0) + alpha * colours
 
 
-def plot_cams(images, heats, titles: list[list[str]], alpha: float = 0.5):
+def plot_cams(images, heats, titles: list[list[str]], alpha: float = 0.5,
+              truth: list[list[str]] | None = None, cmap: str = "jet"):
     """A ``B x (K + 1)`` grid: each image, then its ``K`` heat maps overlaid, titled
-    ``titles[b][k]``. ``images`` uint8 ``[B, H, W, 3]``, ``heats [B, K, H, W]`` (from
-    :func:`class_activation_maps`). Returns the Figure."""
+    ``titles[b][k]``, and one colour bar for the maps. ``images`` uint8 ``[B, H, W, 3]``,
+    ``heats [B, K, H, W]`` (from :func:`class_activation_maps`). ``truth[b]``, the image's
+    ground-truth labels, titles the image, so that each map reads against what is there.
+    Returns the Figure."""
     images, heats = to_numpy(images), to_numpy(heats)
     if heats.ndim != 4 or len(heats) != len(images):
         raise ValueError(f"heats must be [B={len(images)}, K, H, W], got shape {heats.shape}")
     b, k = heats.shape[:2]
     if len(titles) != b or any(len(row) != k for row in titles):
         raise ValueError(f"titles must be {b} lists of {k} names, one per heat map")
-    fig, axes = plt.subplots(b, k + 1, figsize=(2.2 * (k + 1), 2.2 * b), squeeze=False)
+    if truth is not None and len(truth) != b:
+        raise ValueError(f"truth must be {b} lists of label names, one per image, got {len(truth)}")
+    fig, axes = plt.subplots(b, k + 1, figsize=(2.2 * (k + 1) + 0.8, 2.4 * b), squeeze=False,
+                             layout="constrained")
     for row in range(b):
         axes[row, 0].imshow(images[row])
+        if truth is not None:
+            names = textwrap.fill(", ".join(truth[row]) or "(no label)", 28)
+            axes[row, 0].set_title(f"true: {names}", fontsize="small")
         for col in range(k):
-            axes[row, col + 1].imshow(overlay(images[row], heats[row, col], alpha))
+            axes[row, col + 1].imshow(overlay(images[row], heats[row, col], alpha, cmap))
             axes[row, col + 1].set_title(titles[row][col], fontsize="small")
     for ax in axes.flat:
         ax.axis("off")
-    fig.tight_layout()
+    colours = ScalarMappable(Normalize(0.0, 1.0), cmap)
+    fig.colorbar(colours, ax=axes, shrink=min(1.0, 0.9 / b ** 0.5), fraction=0.04,
+                 label="activation (each map scaled to 0-1)")
     return fig

@@ -24,6 +24,11 @@ def _positives(labels, classes) -> np.ndarray:
     return positive
 
 
+def positive_names(labels, classes: list[str]) -> list[list[str]]:
+    """The names of each image's positive labels (multi-hot ``[N, C]``), in vocabulary order."""
+    return [[classes[c] for c in np.flatnonzero(row)] for row in _positives(labels, classes)]
+
+
 def dataset_summary(splits: dict[str, Split]) -> pd.DataFrame:
     """One row per split (indexed by its name): images, labels (the vocabulary size), mean /
     min / max positive labels per image, images without a positive label and labels without
@@ -57,8 +62,7 @@ def plot_label_frequency(labels, classes: list[str], ax=None):
     if len(order) <= 40:
         ax.set_xticks(np.arange(len(order)), [classes[c] for c in order], rotation=90,
                       fontsize="small")
-    else:
-        ax.set_xlabel("labels, most frequent first")
+    ax.set_xlabel("labels, most frequent first")
     return ax
 
 
@@ -78,7 +82,7 @@ def plot_cooccurrence(labels, classes: list[str], top: int = 15, ax=None):
     sns.heatmap(conditional, vmin=0.0, vmax=1.0, cmap="viridis", square=True, ax=ax,
                 xticklabels=names, yticklabels=names, annot=len(chosen) <= 10, fmt=".2f",
                 cbar_kws={"label": "P(column | row)"})
-    ax.set_title("label co-occurrence")
+    ax.set(title="label co-occurrence", xlabel="column label", ylabel="row label (given)")
     return ax
 
 

@@ -87,12 +87,13 @@ def _palette(k: int) -> list:
     return list(matplotlib.colormaps["turbo"](np.linspace(0, 1, k)))
 
 
-def _embedding_groups(labels, num_classes: int, top: int = 10) -> tuple[np.ndarray, np.ndarray]:
+def _embedding_groups(labels, num_classes: int, top: int = 10,
+                      label: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Which colour group every point falls in, by the rule of :func:`plot_embedding`.
 
     Returns ``(group [N], group_classes [G])``: ``group`` is an index into ``group_classes``
-    (the class ids of the ``top`` most frequent labels, most frequent first), or -1 for
-    "other". ``labels`` is multi-hot ``[N, C]`` (1 positive) or class ids ``[N]``.
+    (the class ids of the ``top`` most frequent labels, most frequent first; or ``[label]``
+    alone), or -1 for "other". ``labels`` is multi-hot ``[N, C]`` (1 positive) or class ids ``[N]``.
     """
     labels = to_numpy(labels)
     if labels.ndim == 1:
@@ -105,41 +106,59 @@ def _embedding_groups(labels, num_classes: int, top: int = 10) -> tuple[np.ndarr
     else:
         raise ValueError(f"labels must be multi-hot [N, {num_classes}] or class ids [N], "
                          f"got shape {labels.shape}")
+    if label is not None:
+        if not 0 <= label < num_classes:
+            raise ValueError(f"label must lie in [0, {num_classes}), got {label}")
+        return np.where(positive[:, label], 0, -1), np.array([label])
     frequency = positive.sum(0)
     # Stable sort: labels of equal frequency keep their vocabulary order.
     by_frequency = np.argsort(-frequency, kind="stable")[:top]
     group_classes = by_frequency[frequency[by_frequency] > 0]
     in_top = positive[:, group_classes]
-    group = np.where(in_top.any(1), in_top.argmax(1), -1)
+    # The rarest of a point's labels among them: the most frequent would colour nearly every
+    # point of a multi-label set alike (a generic label such as "sky" is on most images).
+    rarest = len(group_classes) - 1 - in_top[:, ::-1].argmax(1)
+    group = np.where(in_top.any(1), rarest, -1)
     return group, group_classes
 
 
 def plot_embedding(points, labels, classes: list[str], ax=None, title: str | None = None,
-                   top: int = 10):
+                   top: int = 10, label: int | str | None = None):
     """Scatter ``points [N, 2]`` coloured by label; returns the Axes.
 
-    ``labels`` is multi-hot ``[N, C]``: a point takes the colour of its positive label that is
-    most frequent over all N points, among the ``top`` most frequent labels, so the large
-    classes that dominate the layout stand out; points with none of them are "other" (grey).
-    Or ``labels`` is class ids ``[N]`` (single-label data such as emotions), with the same
-    rule. Legend entries are class names, most frequent first.
+    ``labels`` is multi-hot ``[N, C]``: a point takes the colour of its rarest positive label
+    among the ``top`` most frequent labels over all N points, so that the specific labels show
+    where the generic ones (on most images) would colour nearly every point alike; points with
+    none of them are "other" (grey). Or ``labels`` is class ids ``[N]`` (single-label data such
+    as emotions): a point takes its class's colour, for the ``top`` most frequent classes.
+    With ``label`` (an index or a name of ``classes``) the positives of that label alone are
+    coloured, against the rest. Legend entries are class names, most frequent first, in a
+    legend right of the Axes: draw with ``layout="constrained"`` (the default of a new
+    figure) or save with ``bbox_inches="tight"`` so that it is not cut or overdrawn.
     """
     points = to_numpy(points)
     if points.ndim != 2 or points.shape[1] != 2:
         raise ValueError(f"points must be [N, 2], got shape {points.shape}")
-    group, group_classes = _embedding_groups(labels, len(classes), top)
+    if isinstance(label, str):
+        if label not in classes:
+            raise ValueError(f"label {label!r} is not among the classes")
+        label = classes.index(label)
+    group, group_classes = _embedding_groups(labels, len(classes), top, label)
     if len(group) != len(points):
         raise ValueError(f"{len(points)} points but {len(group)} rows of labels")
     if ax is None:
-        _, ax = plt.subplots(figsize=(6, 5))
+        _, ax = plt.subplots(figsize=(6, 5), layout="constrained")
     size = max(2.0, min(20.0, 4000.0 / len(points)))
     other = group == -1
     if other.any():  # drawn first, underneath the named groups
         ax.scatter(*points[other].T, s=size, color=OTHER_COLOUR, label="other", linewidths=0)
     for g, (cls, colour) in enumerate(zip(group_classes, _palette(len(group_classes)))):
-        ax.scatter(*points[group == g].T, s=size, color=colour, label=classes[cls], linewidths=0)
+        if (group == g).any():  # a label that colours no point (its points took a rarer one) is not listed
+            ax.scatter(*points[group == g].T, s=size, color=colour, label=classes[cls], linewidths=0)
+    # t-SNE and UMAP axes have no unit and no meaning of their own: only distances matter.
     ax.set_xticks([])
     ax.set_yticks([])
+    ax.set(xlabel="projection axis 1", ylabel="projection axis 2")
     if title:
         ax.set_title(title)
     handles, names = ax.get_legend_handles_labels()

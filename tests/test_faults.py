@@ -76,7 +76,7 @@ def test_every_field_has_a_check():
     ("data_root", Path("data")), ("data_root", ""), ("weights_file", ""), ("test_split", ""), ("device", "gpu"),
     ("device", 0), ("bf16", "yes"), ("hflip", 1), ("channels_last", 0), ("progress", None),
     ("compile", "false"), ("pretrained", None), ("nesterov", 1), ("normalize", "imagenet"),
-    ("optimizer", "lamb"), ("scheduler", "poly"),
+    ("optimizer", "lamb"), ("scheduler", "poly"), ("sync_bn", "yes"), ("selection_split", "train"),
 ])
 def test_a_bad_value_is_refused_in_one_line_naming_field_value_and_what_is_allowed(field, value):
     with pytest.raises(ValueError) as caught:

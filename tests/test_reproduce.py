@@ -14,6 +14,7 @@ from annotlib.io import read_json
 from annotlib.papers import PAPERS, grid
 from annotlib.papers.p0 import LOSS_ABLATION, p0_config
 from annotlib.report import collect_results, write_report
+from annotlib.stats import TEST_OUTPUTS
 
 
 @pytest.mark.slow
@@ -47,6 +48,14 @@ def test_smoke_profile_executes_the_notebooks_and_writes_the_report(tmp_path, ca
     p4 = profile / "runs" / "p4" / "synthetic" / "seed0"
     assert reproduce.finished(p4 / "05_cam_captioning.ipynb") and (p4 / "captions.png").exists()
     assert "CIDEr-D" in read_json(p4 / "joint_dis" / "metrics.json")["test"] and "| classifier | " in results
+    # The claims open the report; the trainings kept their test outputs, so each paper whose
+    # smoke grid runs both sides of a claim and keeps per-image outputs has an interval and a verdict.
+    assert (profile / "runs/p0/synthetic/bce-seed0" / TEST_OUTPUTS).exists()
+    claims = results[results.index("## Claims"):results.index("## Results")].split("### Claims of ")[1:]
+    verdicts = ("| reproduced |", "| not reproduced |", "| inconclusive |")
+    for key, block in zip(("P0", "P1", "P2", "P3"), claims):
+        assert block.startswith(key)
+        assert any(line.endswith(verdicts) and "(1 seed)" in line for line in block.splitlines()), key
 
     mtime = (profile / "runs/p0/synthetic/bce-seed0/01_unsymmetric_loss.ipynb").stat().st_mtime_ns
     capsys.readouterr()
@@ -128,12 +137,12 @@ def test_report_gives_mean_and_sample_std_over_seeds_beside_the_paper(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "N+ counts out of 260 labels." in md and "per-label MCC thresholds tuned on val" in md
     # One cell per metric, ours then the paper's; a column no run measured is named, not shown.
-    assert "| loss | CP@0.5 | CF1@0.5 | N+@0.5 (of 260) | CF1@tuned |" in md
-    assert "| asl | 0.400 ± 0.000 | 0.440 ± 0.040 (paper 0.500) | 101 ± 1 (paper 179) |" in md
+    assert "| loss | selected on | CP@0.5 | CF1@0.5 | N+@0.5 (of 260) | CF1@tuned |" in md
+    assert "| asl | val | 0.400 ± 0.000 | 0.440 ± 0.040 (paper 0.500) | 101 ± 1 (paper 179) |" in md
     assert "(paper 184) | 0.310 ± 0.010 | 3 |\n\nNot measured in these runs: CR@0.5, CP@tuned" in md
     assert "(runs/p0/corel-5k/asl-seed2/01_unsymmetric_loss.ipynb)" in md
     assert "<td>0.440 ± " in (tmp_path / "index.html").read_text()
-    claim = PAPERS["p0"].claims[0]
+    claim = PAPERS["p0"].claims[0].text
     assert claim in md and html.escape(claim) in (tmp_path / "index.html").read_text()
 
 
@@ -158,6 +167,14 @@ def test_a_metrics_file_without_schema_is_named(tmp_path):
     (["--papers", "p2", "--losses", "bce"],
      "--losses bce: selects no run of this grid (its losses and methods: p2: sentiment, softmax, triplet)"),
     (["--set", "epochs=2", "nosuchfield=1"], "--set 'nosuchfield=1': expected FIELD=VALUE"),
+    (["--gpus", "0,x"], "--gpus 0,x: expected GPU indices or cpu, comma-separated"),
+    (["--gpus", "cpu", "--device", "cpu"], "--device cpu with --gpus: each worker uses its own device"),
+    (["--gpus", "cpu,cpu", "--nproc-per-node", "2"], "--nproc-per-node applies without --gpus and --launcher"),
+    (["--gpus", "cpu", "--launcher", "slurm"], "--gpus and --launcher: choose one"),
+    (["--slurm-partition", "gpu"], "--slurm-partition applies to --launcher only"),
+    (["--launcher", "submitit-local", "--slurm-time", "60"], "--slurm-time applies to --launcher slurm only"),
+    (["--launcher", "slurm", "--gpus-per-job", "0"], "--gpus-per-job 0: must be at least 1"),
+    (["--gpus-per-job", "2"], "--gpus-per-job applies to --launcher only"),
 ])
 def test_options_that_select_nothing_or_do_not_apply_are_refused_before_anything_runs(
         argv, message, tmp_path, monkeypatch, capsys):
@@ -215,6 +232,14 @@ def test_export_copies_the_report_without_checkpoints_unless_asked(tmp_path):
     assert reproduce.export(profile, tmp_path / "with", with_checkpoints=True) == size + 1000
     with pytest.raises(FileExistsError, match="not empty"):
         reproduce.export(profile, tmp_path / "shared")
+
+
+def test_slurm_is_refused_where_jobs_cannot_be_submitted(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(reproduce.shutil, "which", lambda name: None)
+    with pytest.raises(SystemExit):
+        reproduce.main(["--launcher", "slurm", "--reports", str(tmp_path / "reports")])
+    assert "--launcher slurm: no sbatch on this machine" in capsys.readouterr().err
+    assert not (tmp_path / "reports").exists()
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -148,7 +148,7 @@ def citations(text: str) -> list[tuple[str, str | None]]:
 
 def test_the_link_check_finds_links_that_leave_the_repository_or_name_nothing():
     text = ("[design](DESIGN.md) [up](../../shared/PAPERS.md) [gone](missing.md#part) "
-            "![fig](quick_summary.png) [web](https://example.org/x.md) [here](#p0) "
+            "![fig](../reports/quick/summary.png) [web](https://example.org/x.md) [here](#p0) "
             "`[code](nowhere.md)`\n\n[ref]: ../../outside.md\n")
     assert broken_links(text, DOC) == ["../../shared/PAPERS.md (outside the repository)",
                                        "missing.md#part (no such file)",
@@ -220,3 +220,12 @@ def test_every_citation_of_the_paper_notes_names_a_section_that_exists():
                 elif section not in known:
                     problems.append(f"{where}: cites docs/PAPERS.md, {section}, which has no section")
     assert problems == []
+
+
+def test_the_quick_profile_time_is_one_measured_figure():
+    from annotlib.reproduce import QUICK_MINUTES
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    row = next(line for line in readme.splitlines() if line.startswith("| `--profile quick`"))
+    assert f"about {QUICK_MINUTES} minutes" in row
+    assert re.findall(r"about (\d+) minutes", readme) == [str(QUICK_MINUTES)]

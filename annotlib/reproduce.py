@@ -40,7 +40,7 @@ REPORT_NOTEBOOK = "99_report.ipynb"
 # every new kernel unless its on-disk cache is warm, so smoke skips it.
 PROJECTIONS = {"smoke": ["tsne"], "quick": ["tsne", "umap"], "paper": ["tsne", "umap"]}
 # The one measured time of the quick profile that --help and the README state: ./run_all.sh
-# took 6 min 39 s on 2 CPU cores (reports/quick, committed).
+# took 6 min 39 s on 2 CPU cores (its export: reports/reference/quick).
 QUICK_MINUTES = 7
 
 

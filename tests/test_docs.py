@@ -148,7 +148,7 @@ def citations(text: str) -> list[tuple[str, str | None]]:
 
 def test_the_link_check_finds_links_that_leave_the_repository_or_name_nothing():
     text = ("[design](DESIGN.md) [up](../../shared/PAPERS.md) [gone](missing.md#part) "
-            "![fig](../reports/quick/summary.png) [web](https://example.org/x.md) [here](#p0) "
+            "![fig](../reports/reference/quick/summary.png) [web](https://example.org/x.md) [here](#p0) "
             "`[code](nowhere.md)`\n\n[ref]: ../../outside.md\n")
     assert broken_links(text, DOC) == ["../../shared/PAPERS.md (outside the repository)",
                                        "missing.md#part (no such file)",

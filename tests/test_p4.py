@@ -24,6 +24,7 @@ from annotlib.models import CamCaptioner, create_model
 from annotlib.models.captioner import AttentionCaptioner
 from annotlib.papers import PAPERS, grid
 from annotlib.papers.p4 import METHODS, p4_config
+from annotlib.stats import TEST_OUTPUTS, read_test_outputs, weighted_metric
 from annotlib.tasks import captioning as captioning_module
 from annotlib.tasks import create_task
 from annotlib.tasks.captioning import class_words
@@ -153,6 +154,13 @@ def test_the_task_trains_predicts_from_images_only_and_saves_its_vocabulary(root
         assert name in test and np.isfinite(test[name]), name
     history = (tmp_path / "history.csv").read_text().splitlines()[0].split(",")
     assert {"val_BLEU-4", "val_CIDEr-D", "val_mAP"} <= set(history) and "val_METEOR" not in history
+    # What the report's bootstrap keeps rebuilds the evaluated class and pointing-game metrics;
+    # corpus-level caption metrics and L_dis are not kept.
+    kept = read_test_outputs(tmp_path / TEST_OUTPUTS)
+    units = torch.ones(1, len(kept["targets"]), dtype=torch.int64)
+    for name in ("mAP", "CF1@0.5", "OF1@0.5", "pointing_game_cam", "pointing_game_attention"):
+        assert weighted_metric(kept, name)(units).item() == pytest.approx(test[name], abs=1e-6), name
+    assert weighted_metric(kept, "CIDEr-D") is None and weighted_metric(kept, "agreement_kl") is None
 
     run = load_run(tmp_path)
     assert run.task.vocabulary.tokens == read_json(tmp_path / "task.json")["vocabulary"]["tokens"]

@@ -28,6 +28,7 @@ from ..metrics.captioning import caption_metrics
 from ..metrics.classification import accuracy
 from ..metrics.localisation import energy_in_box, pointing_game
 from ..models.captioner import PAD, AttentionCaptioner
+from ..stats import image_values, multilabel_outputs
 from .base import Task
 
 CLASS_TARGETS = ("auto", "categories", "labels")
@@ -357,26 +358,47 @@ class CaptioningTask(Task):
             boxes.append(torch.tensor(image_boxes, dtype=torch.float32).view(-1, 5) * scale)
         return boxes
 
-    def _localisation(self, outputs, split: Split) -> dict[str, float]:
+    def _localisation_maps(self, outputs, split: Split) -> tuple[dict[str, torch.Tensor], list, int]:
+        """The maps the localisation metrics query (the CAM, the pooled attention), the boxes in
+        the network's pixels and its image size; no maps where the split has no boxes."""
         # Boxes index the split's classes; with categories as targets they must be the same list.
         if split.boxes is None or self.classes != split.classes:
-            return {}
+            return {}, [], 0
         size = int(outputs["image_size"][0])
-        boxes, predicted = self.scaled_boxes(split, size), outputs["predicted"]
-        metrics = {}
         maps = {"cam": outputs["cam"]}
         if "attention" in outputs:
             maps["attention"] = self.pooled_attention(outputs)
-        queried = None
+        return maps, self.scaled_boxes(split, size), size
+
+    @staticmethod
+    def _pointing_hits(maps, predicted, boxes, size) -> dict[str, torch.Tensor]:
+        """Per map of :meth:`_localisation_maps`, each image's pointing-game hit (1 / 0, NaN
+        where it has no box of the predicted class); nothing where no image is queried."""
+        hits = {f"pointing_game_{name}": pointing_game(heat, predicted, boxes, size) for name, heat in maps.items()}
+        return hits if hits and (~next(iter(hits.values())).isnan()).any() else {}
+
+    def _localisation(self, outputs, split: Split) -> dict[str, float]:
+        maps, boxes, size = self._localisation_maps(outputs, split)
+        hits = self._pointing_hits(maps, outputs["predicted"], boxes, size)
+        if not hits:
+            return {}
+        metrics = {name: float(torch.nanmean(value)) for name, value in hits.items()}
         for name, heat in maps.items():
-            hits = pointing_game(heat, predicted, boxes, size)
-            queried = ~hits.isnan()
-            if not queried.any():
-                return {}
-            metrics[f"pointing_game_{name}"] = float(torch.nanmean(hits))
-            metrics[f"energy_in_box_{name}"] = float(torch.nanmean(energy_in_box(heat, predicted, boxes, size)))
-        metrics["localisation_queries"] = float(queried.float().mean())
+            metrics[f"energy_in_box_{name}"] = float(torch.nanmean(
+                energy_in_box(heat, outputs["predicted"], boxes, size)))
+        metrics["localisation_queries"] = float((~hits["pointing_game_cam"].isnan()).float().mean())
         return metrics
+
+    def test_outputs(self, outputs, split):
+        # The class metrics and the pointing games, per image; caption metrics are corpus-level
+        # and L_dis is a mean over pairs, so neither is kept for the bootstrap.
+        outputs = self._cpu(outputs)
+        if self.mode == "categories":
+            kept = image_values(accuracy=(outputs["logits"].argmax(1) == split.category_ids).float())
+        else:
+            kept = multilabel_outputs(outputs["scores"], split.labels, {"0.5": (outputs["scores"], 0.5)})
+        maps, boxes, size = self._localisation_maps(outputs, split)
+        return {**kept, **image_values(**self._pointing_hits(maps, outputs["predicted"], boxes, size))}
 
     @staticmethod
     def _cpu(outputs) -> dict:

@@ -353,12 +353,21 @@ CLAIM_HEADS = {"claim": "claim", "dataset": "dataset", "setting": "setting", "me
                "difference": "difference", "interval": "95% interval", "verdict": "verdict"}
 
 
+def _claim_list(paper) -> list[tuple[str, str, str]]:
+    """(numbers, text, setting) of each distinct claim of ``paper``: a claim tested on two sets
+    of columns (P4's joint training on captions and on classes) is listed once as "C2, C3"."""
+    numbered: dict[tuple[str, str], list[str]] = {}
+    for n, claim in enumerate(paper.claims, 1):
+        numbered.setdefault((claim.text, claim.setting), []).append(f"C{n}")
+    return [(", ".join(numbers), text, setting) for (text, setting), numbers in numbered.items()]
+
+
 def _claims_markdown(found_tables: dict[str, list[dict]]) -> list[str]:
     md = ["## Claims", "", CLAIMS_NOTE, ""]
     for key, rows in found_tables.items():
         paper = PAPERS[key]
         md += [f"### Claims of {paper.title}", "",
-               *(f"- **C{n}** {c.text} (the paper: {c.setting})." for n, c in enumerate(paper.claims, 1)),
+               *(f"- **{n}** {text} (the paper: {setting})." for n, text, setting in _claim_list(paper)),
                "", "| " + " | ".join(CLAIM_HEADS.values()) + " |", "|" + "---|" * len(CLAIM_HEADS),
                *("| " + " | ".join(str(row[k]) for k in CLAIM_HEADS) + " |" for row in rows), ""]
     return md
@@ -369,8 +378,8 @@ def _claims_html(found_tables: dict[str, list[dict]]) -> str:
     heads = "".join(f"<th class='key'>{_e(h)}</th>" for h in CLAIM_HEADS.values())
     for key, rows in found_tables.items():
         paper = PAPERS[key]
-        items = "".join(f"<li><b>C{n}</b> {_e(c.text)} <small>(the paper: {_e(c.setting)})</small></li>"
-                        for n, c in enumerate(paper.claims, 1))
+        items = "".join(f"<li><b>{n}</b> {_e(text)} <small>(the paper: {_e(setting)})</small></li>"
+                        for n, text, setting in _claim_list(paper))
         body = "\n".join("<tr>" + "".join(f"<td class='key'>{_e(row[k])}</td>" for k in CLAIM_HEADS)
                          + "</tr>" for row in rows)
         parts.append(f"<h3>Claims of {_e(paper.title)}</h3><ul>{items}</ul><div class='table'>"
@@ -486,7 +495,7 @@ def _html_name(notebook: str) -> str:
 
 def _figures(folder: Path) -> list[Path]:
     order = list(FIGURES)
-    return sorted(folder.glob("*.png"),
+    return sorted((*folder.glob("*.png"), *folder.glob("*.jpg")),
                   key=lambda p: (order.index(p.stem) if p.stem in order else len(order), p.name))
 
 
@@ -611,9 +620,10 @@ dt{font-weight:600} dd{margin:0}
 """
 
 
-def write_report(profile_dir: str | Path, title: str | None = None) -> list[dict]:
-    """Write ``results.md``, ``summary.png`` and ``index.html`` into ``profile_dir`` and each
-    run's notebook as HTML beside it; returns the sections (one per table)."""
+def write_report(profile_dir: str | Path, title: str | None = None, render: bool = True) -> list[dict]:
+    """Write ``results.md``, ``summary.png`` and ``index.html`` into ``profile_dir`` and, with
+    ``render``, each run's notebook as HTML beside it (linked where it exists); returns the
+    sections (one per table)."""
     import matplotlib.pyplot as plt
 
     profile_dir = Path(profile_dir)
@@ -622,7 +632,7 @@ def write_report(profile_dir: str | Path, title: str | None = None) -> list[dict
     if results.empty:
         raise FileNotFoundError(f"{profile_dir}: no runs/**/metrics.json to report")
     sections = list(tables(results))
-    rendered = render_notebooks(profile_dir, dict.fromkeys(n for n in results["notebook"] if n))
+    rendered = render_notebooks(profile_dir, dict.fromkeys(n for n in results["notebook"] if n)) if render else set()
     fig = plot_summary(results)
     fig.savefig(profile_dir / "summary.png", dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -1,6 +1,6 @@
 """Run a profile's grid of experiments through the papers' notebooks, then the report.
 
-    ./run_all.sh [--profile quick|paper|smoke] [--data-root DIR] ...
+    ./run_all.sh [--profile quick|real|paper|smoke] [--data-root DIR] ...
     python -m annotlib.reproduce --profile quick
 
 Each run executes its paper's notebook with papermill into
@@ -18,8 +18,10 @@ machine) or ``--launcher slurm`` (one job each); the report is built once, at th
 from __future__ import annotations
 
 import argparse
+import base64
 import dataclasses
 import functools
+import io
 import json
 import os
 import shutil
@@ -30,7 +32,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import launch
-from .papers import PAPERS, PROFILES, Run, grid
+from .models.backbone import weights_path
+from .papers import PAPERS, PROFILES, REAL_DATA_PROFILES, Run, grid
 from .train import TrainConfig, parse_overrides
 from .train.run import claim_run_dir, held_differences
 
@@ -38,10 +41,14 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 REPORT_NOTEBOOK = "99_report.ipynb"
 # Per profile: which 2-D projections the notebooks draw. UMAP's numba code is compiled in
 # every new kernel unless its on-disk cache is warm, so smoke skips it.
-PROJECTIONS = {"smoke": ["tsne"], "quick": ["tsne", "umap"], "paper": ["tsne", "umap"]}
+PROJECTIONS = {"smoke": ["tsne"], "quick": ["tsne", "umap"], "real": ["tsne"], "paper": ["tsne", "umap"]}
 # The one measured time of the quick profile that --help and the README state: ./run_all.sh
 # took 6 min 39 s on 2 CPU cores (its export: reports/reference/quick).
 QUICK_MINUTES = 7
+# The real profile's measured time on 2 CPU cores (its report: reports/real).
+REAL_MINUTES = 90
+# The default data root: the shared datasets beside the repository (as the tests read them).
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def notebook_parameters(run: Run, out_dir: Path, projections: list[str]) -> dict:
@@ -179,8 +186,8 @@ def preflight(runs: list[Run]) -> list[str]:
         for _, cfg in PAPERS[run.paper].trainings(run):
             if cfg.weights_file and cfg.weights_file not in seen:
                 seen.add(cfg.weights_file)
-                if not Path(cfg.weights_file).is_file():
-                    problems.append(f"weights_file {cfg.weights_file}: no such file")
+                if not weights_path(cfg.weights_file).is_file():
+                    problems.append(f"weights_file {weights_path(cfg.weights_file)}: no such file")
             if cfg.dataset == "synthetic" or (cfg.dataset, cfg.data_root, cfg.test_split) in seen:
                 continue  # the synthetic set is generated on first use
             seen.add((cfg.dataset, cfg.data_root, cfg.test_split))
@@ -205,15 +212,77 @@ def preflight(runs: list[Run]) -> list[str]:
     return problems
 
 
-def export(profile_dir: Path, target: Path, with_checkpoints: bool = False) -> int:
+def export(profile_dir: Path, target: Path, with_checkpoints: bool = False, compact: bool = False) -> int:
     """Copy a profile's report, notebooks (executed and rendered), figures, metrics and configs
     into ``target``, a folder that reads on its own; checkpoints (``*.pt``) only when asked.
+    ``compact``: for a repository, without the notebooks' HTML renders (``index.html`` links the
+    notebooks themselves then) and with large figures as JPEG, in the notebooks and beside them
+    (:func:`compact_notebook`, :func:`compact_figure`).
     Returns the bytes written."""
     if target.exists() and any(target.iterdir()):
         raise FileExistsError(f"{target}: not empty; export into a new folder")
-    skip = () if with_checkpoints else ("*.pt",)
-    shutil.copytree(profile_dir, target, ignore=shutil.ignore_patterns(*skip, ".*"), dirs_exist_ok=True)
+    skip = shutil.ignore_patterns(*(() if with_checkpoints else ("*.pt",)), ".*")
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        renders = {n for n in names if n.endswith(".html") and n[:-5] + ".ipynb" in names} if compact else set()
+        return set(skip(folder, names)) | renders
+
+    shutil.copytree(profile_dir, target, ignore=ignore, dirs_exist_ok=True)
+    if compact:
+        from .report import write_report
+
+        for notebook in target.rglob("*.ipynb"):
+            compact_notebook(notebook)
+        for figure in target.rglob("*.png"):
+            compact_figure(figure)
+        # its links then lead to the notebooks, not the renders
+        write_report(target, title=f"annotlib results: {profile_dir.name}", render=False)
     return sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
+
+
+def _jpeg(png: bytes, quality: int) -> bytes:
+    """``png`` as JPEG at ``quality``, transparency flattened onto white."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(png)).convert("RGBA")
+    flat = Image.new("RGB", image.size, "white")
+    flat.paste(image, mask=image.getchannel("A"))
+    buffer = io.BytesIO()
+    flat.save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def compact_notebook(path: Path, largest: int = 100_000, quality: int = 80) -> None:
+    """Re-encode the PNG outputs of the notebook at ``path`` whose base64 text is over ``largest``
+    characters as JPEG at ``quality``: grids of photographs with heat maps (P4's attention per
+    word) take up to 1.4 MB as PNG and a tenth of that as JPEG; plots stay PNG."""
+    from .io import atomic_write_text
+
+    notebook = json.loads(path.read_text(encoding="utf-8"))
+    for cell in notebook["cells"]:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if len(data.get("image/png", "")) <= largest:
+                continue
+            jpeg = _jpeg(base64.b64decode(data.pop("image/png")), quality)
+            data["image/jpeg"] = base64.b64encode(jpeg).decode("ascii")
+            metadata = output.get("metadata", {})
+            if "image/png" in metadata:
+                metadata["image/jpeg"] = metadata.pop("image/png")
+    atomic_write_text(path, json.dumps(notebook, indent=1, ensure_ascii=False) + "\n")
+
+
+def compact_figure(path: Path, largest: int = 400_000, quality: int = 80) -> Path:
+    """A PNG figure over ``largest`` bytes replaced by a JPEG of the same name (the report
+    shows either); returns the figure's path."""
+    if path.stat().st_size <= largest:
+        return path
+    from .io import atomic_write_bytes
+
+    target = path.with_suffix(".jpg")
+    atomic_write_bytes(target, _jpeg(path.read_bytes(), quality))
+    path.unlink()
+    return target
 
 
 def choose_launcher(parser: argparse.ArgumentParser, args: argparse.Namespace, out: Path):
@@ -254,19 +323,39 @@ def choose_launcher(parser: argparse.ArgumentParser, args: argparse.Namespace, o
     return None, out, args.nproc_per_node
 
 
+def set_roots(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Point $ANNOTLIB_DATA_ROOT and $ANNOTLIB_WEIGHTS_ROOT (which the notebooks' kernels
+    inherit) at the folders given, else at the defaults the help names, and say which."""
+    for option, variable, given, default in (
+            ("--data-root", "ANNOTLIB_DATA_ROOT", args.data_root, SHARED_DATA),
+            ("--weights-root", "ANNOTLIB_WEIGHTS_ROOT", args.weights_root, None)):
+        if default is None:  # weights beside the datasets, as in the shared layout
+            default = Path(os.environ["ANNOTLIB_DATA_ROOT"]).parent / "weights"
+        folder = Path(given or os.environ.get(variable) or default)
+        if given and not folder.is_dir():
+            parser.error(f"{option} {given}: not a directory")
+        os.environ[variable] = str(folder.resolve())
+        print(f"{variable}={os.environ[variable]}" + ("" if folder.is_dir() else " (no such folder)"), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="run_all.sh", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="quick", choices=list(PROFILES),
                         help=f"quick: synthetic data, CPU-sized, every paper's methods, about {QUICK_MINUTES} "
-                             "minutes on 2 cores (default); paper: the papers' recipes on the real "
-                             "datasets under the data root, for a GPU; smoke: the same pipeline in a "
-                             "few minutes")
-    parser.add_argument("--data-root", help="folder holding the datasets, one subfolder each "
-                                            "(default: $ANNOTLIB_DATA_ROOT)")
+                             "minutes on 2 cores (default); real: each paper's central comparison "
+                             f"on the real datasets under the data root, sized for 2 CPU cores (about "
+                             f"{REAL_MINUTES} minutes); paper: the papers' recipes on the real datasets, "
+                             "for a GPU; smoke: the same pipeline in a few minutes")
+    parser.add_argument("--data-root", help="real and paper profiles: the folder holding the datasets, one "
+                                            "subfolder each (default: $ANNOTLIB_DATA_ROOT, else "
+                                            "../shared/data beside the repository)")
+    parser.add_argument("--weights-root", help="real and paper profiles: the folder that relative weights_file "
+                                               "names are read from (default: $ANNOTLIB_WEIGHTS_ROOT, else "
+                                               "the data root's sibling folder weights/)")
     parser.add_argument("--reports", default="reports", help="output folder (default: reports)")
     parser.add_argument("--datasets", nargs="+",
-                        help="paper profile: run its papers on these datasets instead of their own")
+                        help="real and paper profiles: run their papers on these datasets instead of their own")
     parser.add_argument("--papers", nargs="+", choices=sorted(PAPERS),
                         help="restrict the grid to these papers")
     parser.add_argument("--losses", nargs="+",
@@ -302,21 +391,24 @@ def main(argv: list[str] | None = None) -> int:
                         help="then copy the profile's report, notebooks, figures, metrics and configs "
                              "into DIR, a folder to share (checkpoints only with --with-checkpoints)")
     parser.add_argument("--with-checkpoints", action="store_true", help="--export: include the weights")
+    parser.add_argument("--compact", action="store_true",
+                        help="--export: for a repository: no HTML renders of the notebooks, their "
+                             "large figures as JPEG (every file of reports/reference/real is under 1 MB)")
     args = parser.parse_args(argv)
-    if args.with_checkpoints and not args.export:
-        parser.error("--with-checkpoints applies to --export only")
+    for option, value in (("--with-checkpoints", args.with_checkpoints), ("--compact", args.compact)):
+        if value and not args.export:
+            parser.error(f"{option} applies to --export only")
     if args.export and args.export.exists() and any(args.export.iterdir()):
         parser.error(f"--export {args.export}: not empty; export into a new folder")
     # Every option acts or is refused before anything runs.
-    if args.profile != "paper":
-        for option, value in (("--datasets", args.datasets), ("--data-root", args.data_root)):
+    if args.profile not in REAL_DATA_PROFILES:
+        for option, value in (("--datasets", args.datasets), ("--data-root", args.data_root),
+                              ("--weights-root", args.weights_root)):
             if value:
-                parser.error(f"{option} applies to the paper profile only ({args.profile} runs on the "
-                             "generated synthetic set)")
-    if args.data_root:
-        if not Path(args.data_root).is_dir():
-            parser.error(f"--data-root {args.data_root}: not a directory")
-        os.environ["ANNOTLIB_DATA_ROOT"] = str(Path(args.data_root).resolve())
+                parser.error(f"{option} applies to the {' and '.join(REAL_DATA_PROFILES)} profiles only "
+                             f"({args.profile} runs on the generated synthetic set)")
+    else:
+        set_roots(parser, args)
 
     launcher, out, nproc = choose_launcher(parser, args, Path(args.reports) / args.profile)
     try:
@@ -352,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 -- reported with the run failures
         failures.append((report, f"{type(err).__name__}: {str(err).strip().splitlines()[-1]}"))
     if args.export and not failures:
-        size = export(out, args.export, args.with_checkpoints)
+        size = export(out, args.export, args.with_checkpoints, args.compact)
         print(f"exported to {args.export}: {size / 2**20:.1f} MiB")
     if failures:
         if args.export:

@@ -21,8 +21,16 @@ def shared_weights() -> Path | None:
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Every test writes its image cache under a per-session temporary folder."""
+    """Every test writes its image cache under a per-session temporary folder, and the roots
+    that ``run_all.sh`` points its notebooks at are as they were after each test."""
     monkeypatch.setenv("ANNOTLIB_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+    saved = {name: os.environ.get(name) for name in ("ANNOTLIB_DATA_ROOT", "ANNOTLIB_WEIGHTS_ROOT")}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture

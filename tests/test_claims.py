@@ -19,7 +19,7 @@ from annotlib.metrics import annotation_metrics
 from annotlib.papers import PAPERS, Claim
 from annotlib.papers.p0 import p0_config
 from annotlib.papers.p4 import p4_config
-from annotlib.report import BOOTSTRAP, NO_INTERVAL, claim_tables, collect_results, write_report
+from annotlib.report import BOOTSTRAP, NO_INTERVAL, _claim_list, claim_tables, collect_results, write_report
 from annotlib.stats import (
     TEST_OUTPUTS,
     bootstrap_indices,
@@ -254,3 +254,10 @@ def test_claims_section_opens_results_md_and_the_page(folder):
     page = (root / "index.html").read_text(encoding="utf-8")
     assert page.index("<h2 id='claims'>Claims</h2>") < page.index("<h2 id='p0'>") \
         and "<table class='claims'>" in page and "<td class='key'>not reproduced</td>" in page
+
+
+def test_a_claim_tested_on_two_column_sets_is_listed_once_with_both_numbers():
+    listed = _claim_list(PAPERS["p4"])
+    assert [n for n, _, _ in listed] == ["C1", "C2, C3", "C4, C5"]
+    assert len({text for _, text, _ in listed}) == len(listed)
+    assert [n for n, _, _ in _claim_list(PAPERS["p0"])] == ["C1", "C2"]

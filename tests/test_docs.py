@@ -222,10 +222,28 @@ def test_every_citation_of_the_paper_notes_names_a_section_that_exists():
     assert problems == []
 
 
-def test_the_quick_profile_time_is_one_measured_figure():
-    from annotlib.reproduce import QUICK_MINUTES
+def test_the_profile_times_are_one_measured_figure_each():
+    from annotlib.reproduce import QUICK_MINUTES, REAL_MINUTES
 
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    row = next(line for line in readme.splitlines() if line.startswith("| `--profile quick`"))
-    assert f"about {QUICK_MINUTES} minutes" in row
-    assert re.findall(r"about (\d+) minutes", readme) == [str(QUICK_MINUTES)]
+    for profile, minutes in (("quick", QUICK_MINUTES), ("real", REAL_MINUTES)):
+        row = next(line for line in readme.splitlines() if line.startswith(f"| `--profile {profile}`"))
+        assert f"about {minutes} minutes" in row
+    assert re.findall(r"about (\d+) minutes", readme) == [str(QUICK_MINUTES), str(REAL_MINUTES)]
+
+
+RESULTS_SECTION = re.compile(r"^## Results of the (\w+) profile\n(.*?)(?=^## )", re.MULTILINE | re.DOTALL)
+NUMBER = re.compile(r"(?<![\w.])[+-]?\d+\.\d{3}(?![\d])")
+
+
+def test_every_number_of_the_readme_results_is_in_the_committed_report_it_cites():
+    """The README's results sections copy their numbers from a committed report: each
+    three-decimal number in a section is in that profile's reports/reference/<profile>/results.md."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    found = RESULTS_SECTION.findall(readme)
+    assert {profile for profile, _ in found} == {"quick", "real"}
+    for profile, text in found:
+        report = (REPO / "reports" / "reference" / profile / "results.md").read_text(encoding="utf-8")
+        numbers = NUMBER.findall(text)
+        assert len(numbers) > 10, profile
+        assert [n for n in numbers if n.lstrip("+-") not in report] == [], profile

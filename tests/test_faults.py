@@ -29,7 +29,7 @@ from annotlib.io import (
     torch_load,
     write_json,
 )
-from annotlib.papers import PAPERS, grid
+from annotlib.papers import PAPERS, PROFILES, grid
 from annotlib.train import TrainConfig, config_from, load_run, run_annotation
 from annotlib.train import loop as fit_module
 from annotlib.train import run as run_module
@@ -109,7 +109,7 @@ def test_edge_values_that_are_allowed_are_kept():
 def test_every_recipe_of_every_paper_builds_and_round_trips_through_json():
     count = 0
     for paper in PAPERS.values():
-        for profile in ("smoke", "quick", "paper"):
+        for profile in PROFILES:
             for run in paper.grid(profile, None, None):
                 for _, cfg in paper.trainings(run):
                     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg

@@ -2,17 +2,22 @@
 skipping finished runs, refusing stale ones, failures listed, and the results tables against
 hand-computed values."""
 
+import base64
 import html
+import io
 import json
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 from reporting import fake_metrics
 
 from annotlib import reproduce
 from annotlib.io import read_json
-from annotlib.papers import PAPERS, grid
-from annotlib.papers.p0 import LOSS_ABLATION, p0_config
+from annotlib.models.backbone import WeightsError, create_backbone, weights_path
+from annotlib.papers import PAPERS, REAL_WEIGHTS, grid
+from annotlib.papers.p0 import LOSS_ABLATION, p0_config, protocol_of
 from annotlib.report import collect_results, write_report
 from annotlib.stats import TEST_OUTPUTS
 
@@ -56,6 +61,14 @@ def test_smoke_profile_executes_the_notebooks_and_writes_the_report(tmp_path, ca
     for key, block in zip(("P0", "P1", "P2", "P3"), claims):
         assert block.startswith(key)
         assert any(line.endswith(verdicts) and "(1 seed)" in line for line in block.splitlines()), key
+
+    # A compact export for a repository: no notebook renders, the report linking the notebooks.
+    shared = tmp_path / "reference" / "smoke"
+    reproduce.export(profile, shared, compact=True)
+    assert sorted(p.name for p in shared.rglob("*.html")) == ["index.html"]
+    assert (shared / "runs/p0/synthetic/bce-seed0/01_unsymmetric_loss.ipynb").is_file()
+    assert "(HTML)" not in (shared / "results.md").read_text() and "_loss.html" not in (shared / "index.html").read_text()
+    assert max(p.stat().st_size for p in shared.rglob("*") if p.is_file()) < 2**20
 
     mtime = (profile / "runs/p0/synthetic/bce-seed0/01_unsymmetric_loss.ipynb").stat().st_mtime_ns
     capsys.readouterr()
@@ -160,8 +173,10 @@ def test_a_metrics_file_without_schema_is_named(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--datasets", "corel-5k"], "--datasets applies to the paper profile only"),
-    (["--profile", "smoke", "--data-root", "."], "--data-root applies to the paper profile only"),
+    (["--datasets", "corel-5k"], "--datasets applies to the real and paper profiles only"),
+    (["--profile", "smoke", "--data-root", "."], "--data-root applies to the real and paper profiles only"),
+    (["--weights-root", "."], "--weights-root applies to the real and paper profiles only"),
+    (["--compact"], "--compact applies to --export only"),
     (["--profile", "paper", "--data-root", "/nonexistent-annotlib-root"], "not a directory"),
     (["--losses", "nosuch", "bce"], "--losses nosuch: selects no run of this grid"),
     (["--papers", "p2", "--losses", "bce"],
@@ -251,3 +266,88 @@ def test_export_options_are_checked_before_anything_runs(argv, message, tmp_path
     with pytest.raises(SystemExit):
         reproduce.main([*argv, "--reports", str(tmp_path / "reports")])
     assert message in capsys.readouterr().err
+
+
+def test_real_profile_runs_each_paper_on_real_data_with_the_local_weights_and_two_seeds():
+    runs = grid("real")
+    assert {run.paper for run in runs} == set(PAPERS)
+    for run in runs:
+        assert run.config.dataset != "synthetic" and run.config.weights_file == REAL_WEIGHTS
+        assert run.config.backbone_lr == 0 and run.config.image_size == 128
+    for paper in PAPERS:
+        assert len({run.config.seed for run in runs if run.paper == paper}) >= 2
+    # P0's both protocols, every loss
+    p0 = [run for run in runs if run.paper == "p0"]
+    assert {protocol_of(run.config.to_dict()) for run in p0} == {"ours", "published"} and len(p0) == 16
+
+
+def test_real_profile_finds_everything_under_the_shared_layout(data_root, mobilenet_weights, monkeypatch):
+    monkeypatch.setenv("ANNOTLIB_DATA_ROOT", str(data_root))
+    monkeypatch.setenv("ANNOTLIB_WEIGHTS_ROOT", str(mobilenet_weights.parent))
+    assert reproduce.preflight(grid("real")) == []
+
+
+def test_weights_files_named_relatively_are_read_under_the_weights_root(tmp_path, monkeypatch):
+    monkeypatch.delenv("ANNOTLIB_WEIGHTS_ROOT", raising=False)
+    assert weights_path("w.safetensors") == Path("w.safetensors")
+    monkeypatch.setenv("ANNOTLIB_WEIGHTS_ROOT", str(tmp_path))
+    assert weights_path("w.safetensors") == tmp_path / "w.safetensors"
+    assert weights_path("/elsewhere/w.safetensors") == Path("/elsewhere/w.safetensors")
+    with pytest.raises(WeightsError, match=f"{tmp_path / 'w.safetensors'}: weights file not found"):
+        create_backbone("resnet10t", weights_file="w.safetensors")
+
+
+def test_real_profile_defaults_the_weights_root_beside_the_data_root_and_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(reproduce, "execute", lambda *a: pytest.fail("a notebook ran"))
+    monkeypatch.delenv("ANNOTLIB_WEIGHTS_ROOT", raising=False)
+    (tmp_path / "data").mkdir()
+    assert reproduce.main(["--profile", "real", "--papers", "p2", "--data-root", str(tmp_path / "data"),
+                           "--reports", str(tmp_path / "out")]) == 2
+    out, err = capsys.readouterr()
+    assert f"ANNOTLIB_WEIGHTS_ROOT={tmp_path / 'weights'} (no such folder)" in out
+    assert f"weights_file {tmp_path / 'weights' / REAL_WEIGHTS}: no such file" in err and "fi: no folder" in err
+
+
+def _png(image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def test_compact_notebook_turns_only_large_figures_into_jpeg_that_look_the_same(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:400, 0:600]
+    photo = (np.stack([x * 0.4, y * 0.6, (x + y) * 0.2], -1) + rng.normal(0, 4, (400, 600, 3))).clip(0, 255)
+    rgba = np.concatenate([photo, np.full((400, 600, 1), 255.0)], -1).astype(np.uint8)
+    rgba[:50, :50, 3] = 0  # a transparent corner becomes white, not black
+    large, small = _png(Image.fromarray(rgba, "RGBA")), _png(Image.new("RGB", (20, 20), "red"))
+    cells = [{"cell_type": "code", "source": "", "metadata": {}, "execution_count": 1, "outputs": [
+        {"output_type": "display_data", "data": {"image/png": png, "text/plain": "<Figure>"},
+         "metadata": {"image/png": {"width": 600}}}]} for png in (large, small)]
+    path = tmp_path / "n.ipynb"
+    path.write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    before = path.stat().st_size
+    reproduce.compact_notebook(path)
+    first, second = (cell["outputs"][0] for cell in json.loads(path.read_text())["cells"])
+    assert second["data"]["image/png"] == small and "image/jpeg" not in second["data"]
+    assert set(first["data"]) == {"image/jpeg", "text/plain"} and first["metadata"] == {"image/jpeg": {"width": 600}}
+    decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(first["data"]["image/jpeg"]))), dtype=float)
+    expected = rgba[..., :3].astype(float)
+    expected[:50, :50] = 255
+    assert decoded.shape == expected.shape and np.abs(decoded - expected).mean() < 4
+    assert decoded[:40, :40].min() > 240
+    assert path.stat().st_size < before / 2
+
+
+def test_compact_figure_replaces_only_large_pngs_by_jpeg(tmp_path):
+    from PIL import Image
+
+    noise = np.random.default_rng(0).integers(0, 256, (600, 600, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "big.png")
+    Image.new("RGB", (20, 20), "red").save(tmp_path / "small.png")
+    assert reproduce.compact_figure(tmp_path / "small.png") == tmp_path / "small.png"
+    assert reproduce.compact_figure(tmp_path / "big.png") == tmp_path / "big.jpg"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.jpg", "small.png"]
+    assert Image.open(tmp_path / "big.jpg").size == (600, 600)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -32,12 +33,21 @@ class _LoadReport(logging.Handler):
             self.messages.append(message.split(" discovered")[0].split(" found")[0])
 
 
+def weights_path(weights_file: str | Path) -> Path:
+    """Where ``weights_file`` is: a relative path under ``$ANNOTLIB_WEIGHTS_ROOT`` where that is
+    set (as datasets resolve under ``$ANNOTLIB_DATA_ROOT``, so a config names a file without
+    one machine's folders), else as given."""
+    path = Path(weights_file)
+    root = os.environ.get("ANNOTLIB_WEIGHTS_ROOT")
+    return Path(root) / path if root and not path.is_absolute() else path
+
+
 def create_backbone(name: str, *, weights_file: str | Path | None = None, pretrained: bool = False,
                     **kwargs) -> nn.Module:
     """A timm model without classifier (``num_classes=0``): ``forward_features`` gives its
     last feature map (tokens for a ViT), ``forward_head(..., pre_logits=True)`` the pooled vector.
 
-    ``weights_file`` initialises it from a local file through timm's loader
+    ``weights_file`` (see :func:`weights_path`) initialises it from a local file through timm's loader
     (``pretrained_cfg_overlay=dict(file=...)``), so the model's own checkpoint filters
     apply; ``pretrained`` asks timm's hub instead, for machines that can reach it. A file
     that does not fit the model is a :class:`WeightsError` naming it.
@@ -46,7 +56,7 @@ def create_backbone(name: str, *, weights_file: str | Path | None = None, pretra
         raise ValueError("give either weights_file or pretrained=True, not both")
     if weights_file is None:
         return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
-    path = Path(weights_file)
+    path = weights_path(weights_file)
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
     report = _LoadReport()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..train.config import TrainConfig
-from . import Claim, Paper, Run
+from . import REAL, REAL_SEEDS, Claim, Paper, Run
 
 # TResNet-M at 448 px, squash resize, horizontal and vertical flips, per-dataset mean/std,
 # Adam 1e-4 with OneCycle (pct_start 0.2), batch 32, 40 epochs, seed 1, Dropout(0.3) + Linear
@@ -135,13 +135,19 @@ def notebook_parameters(run: Run) -> dict:
 
 
 def grid(profile: str, datasets: list[str] | None, seeds: list[int] | None) -> list[Run]:
-    """Every loss under our protocol; the paper profile adds each under P0's published one
+    """Every loss under our protocol; the real and paper profiles add each under P0's published one
     (``<loss>-published-seed<s>``), which ``--losses ours`` or ``--losses published`` select."""
     protocols = ["ours"]
     if profile == "smoke":
         base, datasets, seeds, losses = QUICK.replace(epochs=1), ["synthetic"], seeds or [0], ["bce", "unsymmetric"]
     elif profile == "quick":
         base, datasets, seeds, losses = QUICK, ["synthetic"], seeds or [0], list(LOSSES)
+    elif profile == "real":
+        # Corel-5k (the one P0 set with images here), every loss under both protocols; a linear
+        # probe on frozen features, so Adam at 3e-3 (P0's 1e-4 is for fine-tuning) for 10 epochs.
+        base, datasets, seeds = RECIPE.replace(**REAL, lr=3e-3, epochs=10), datasets or ["corel-5k"], \
+            seeds or REAL_SEEDS
+        losses, protocols = list(LOSSES), list(PROTOCOLS)
     else:
         base, datasets, seeds = RECIPE, datasets or ["corel-5k", "iapr-tc-12", "esp-game"], seeds or [1]
         losses, protocols = list(LOSSES), list(PROTOCOLS)

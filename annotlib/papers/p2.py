@@ -4,7 +4,16 @@ vector (Gram matrices of several stages) trained by softmax plus sentiment const
 from __future__ import annotations
 
 from ..train.config import TrainConfig
-from . import Claim, Paper, Run, method_notebook_parameters, method_results, restrict_methods
+from . import (
+    REAL,
+    REAL_SEEDS,
+    Claim,
+    Paper,
+    Run,
+    method_notebook_parameters,
+    method_results,
+    restrict_methods,
+)
 
 # Every method is the same network, head and sampler; only the loss's metric term differs:
 # P2's sentiment constraints, none (softmax alone, w = 0), or a plain triplet loss (P2's S+T).
@@ -58,6 +67,12 @@ def grid(profile: str, datasets: list[str] | None, seeds: list[int] | None) -> l
             ["sentiment", "softmax"]
     elif profile == "quick":
         base, datasets, seeds, methods = QUICK, ["synthetic"], seeds or [0], list(METHODS)
+    elif profile == "real":
+        # FI (the shared subset), the three methods on frozen features: the head and embedding
+        # train alone, so Adam at 1e-3 with OneCycle (SGD at P2's 1e-3 barely moves a fresh
+        # head in 10 epochs); P2's batch of 128, 16 per emotion.
+        base = RECIPE.replace(**REAL, optimizer="adam", scheduler="onecycle", epochs=10)
+        datasets, seeds, methods = datasets or ["fi"], seeds or REAL_SEEDS, list(METHODS)
     else:
         base, datasets, seeds = RECIPE, datasets or ["fi", "iapsa", "artphoto", "abstract"], seeds or [1, 2]
         methods = list(METHODS)

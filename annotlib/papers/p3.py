@@ -7,7 +7,16 @@ from pathlib import Path
 import pandas as pd
 
 from ..train.config import TrainConfig
-from . import Claim, Paper, Run, method_notebook_parameters, restrict_methods, run_trainings
+from . import (
+    REAL,
+    REAL_SEEDS,
+    Claim,
+    Paper,
+    Run,
+    method_notebook_parameters,
+    restrict_methods,
+    run_trainings,
+)
 from .p0 import QUICK as P0_QUICK
 
 # Each method P3 compares, as the loss and curriculum rounds it sets. Every method keeps the
@@ -110,6 +119,12 @@ def grid(profile: str, datasets: list[str] | None, seeds: list[int] | None) -> l
     elif profile == "quick":
         base, datasets, seeds = QUICK, ["synthetic"], seeds or [0]
         proportions, methods = list(QUICK_PROPORTIONS), list(METHODS)
+    elif profile == "real":
+        # VOC 2007 (its official val evaluated as test), partial-BCE against both baselines at
+        # two proportions on frozen features: Adam at 3e-3 for a linear probe, 10 epochs.
+        base = RECIPE.replace(**REAL, lr=3e-3, epochs=10, test_split="val")
+        datasets, seeds = datasets or ["voc2007"], seeds or REAL_SEEDS
+        proportions, methods = list(QUICK_PROPORTIONS), ["partial_bce", "known_only", "unknown_negative"]
     else:
         base, datasets, seeds = RECIPE, datasets or ["voc2007", "coco2014"], seeds or [1]
         proportions, methods = list(PROPORTIONS), list(METHODS)

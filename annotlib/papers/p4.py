@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..train.config import TrainConfig
-from . import NOTEBOOK_FIELDS, Claim, Paper, Run, method_results, restrict_methods
+from . import NOTEBOOK_FIELDS, REAL, REAL_SEEDS, Claim, Paper, Run, method_results, restrict_methods
 
 JOINT = {"task": "captioning", "head": "cam_captioner", "loss": "joint_caption"}
 # The loss weights of each method (JointCaptionLoss): P4's model, its joint baseline without
@@ -98,6 +98,12 @@ def grid(profile: str, datasets: list[str] | None, seeds: list[int] | None) -> l
         methods = ["joint_dis", "classifier"]
     elif profile == "quick":
         base, datasets, seeds = QUICK, ["synthetic"], seeds or [0]
+    elif profile == "real":
+        # Flickr8k (the shared subset) with its mined concepts, P4's model against the same
+        # joint model without L_dis, the decoder and classifier trained on frozen features.
+        base, datasets, seeds = RECIPE.replace(**REAL, epochs=5), datasets or ["flickr8k-concepts"], \
+            seeds or REAL_SEEDS
+        methods = ["joint_dis", "joint"]
     else:
         base, datasets, seeds = RECIPE, datasets or PAPER_DATASETS, seeds or [1]
     return [Run("p4", f"seed{s}", base.replace(dataset=d, seed=s), {"methods": methods})

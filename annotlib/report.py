@@ -380,7 +380,7 @@ def _claims_html(found_tables: dict[str, list[dict]]) -> str:
         paper = PAPERS[key]
         items = "".join(f"<li><b>{n}</b> {_e(text)} <small>(the paper: {_e(setting)})</small></li>"
                         for n, text, setting in _claim_list(paper))
-        body = "\n".join("<tr>" + "".join(f"<td class='key'>{_e(row[k])}</td>" for k in CLAIM_HEADS)
+        body = "\n".join("<tr>" + "".join(f"<td class='key {k}'>{_e(row[k])}</td>" for k in CLAIM_HEADS)
                          + "</tr>" for row in rows)
         parts.append(f"<h3>Claims of {_e(paper.title)}</h3><ul>{items}</ul><div class='table'>"
                      f"<table class='claims'>\n<tr>{heads}</tr>\n{body}\n</table></div>")
@@ -608,6 +608,7 @@ h4 small{font-weight:normal;font-size:13px} nav{font-size:14px}
 .table{overflow-x:auto} table{border-collapse:collapse;font-size:12px;margin:.4em 0}
 td,th{border:1px solid #ccc;padding:3px 5px;text-align:right;vertical-align:top;white-space:nowrap}
 th{background:#f3f3f3;font-weight:600} .key{text-align:left}
+td.setting,td.verdict{white-space:normal;max-width:30em} td.setting{min-width:22em}
 th a{color:inherit} .paper{color:#777;font-size:12px}
 .facts{margin-top:1.4em} .facts p,.missing{font-size:13px;color:#444;max-width:75em;margin:.25em 0}
 .figures{display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start}

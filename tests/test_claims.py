@@ -253,7 +253,7 @@ def test_claims_section_opens_results_md_and_the_page(folder):
     assert f"| C1 | synthetic | {root.name}: resnet10t, 64 px, 6 epochs" in md  # the profile: its folder
     page = (root / "index.html").read_text(encoding="utf-8")
     assert page.index("<h2 id='claims'>Claims</h2>") < page.index("<h2 id='p0'>") \
-        and "<table class='claims'>" in page and "<td class='key'>not reproduced</td>" in page
+        and "<table class='claims'>" in page and "<td class='key verdict'>not reproduced</td>" in page
 
 
 def test_a_claim_tested_on_two_column_sets_is_listed_once_with_both_numbers():

@@ -247,3 +247,14 @@ def test_every_number_of_the_readme_results_is_in_the_committed_report_it_cites(
         numbers = NUMBER.findall(text)
         assert len(numbers) > 10, profile
         assert [n for n in numbers if n.lstrip("+-") not in report] == [], profile
+
+
+def test_the_committed_reports_are_valid_notebooks_and_files_under_1_mb():
+    import nbformat
+
+    files = [p for p in (REPO / "reports" / "reference").rglob("*") if p.is_file()]
+    assert [str(p) for p in files if p.stat().st_size >= 2**20] == []
+    notebooks = [p for p in files if p.suffix == ".ipynb"]
+    assert len(notebooks) > 20
+    for path in notebooks:
+        nbformat.validate(nbformat.read(path, as_version=4))

@@ -105,12 +105,9 @@ def _atomic(path: str | Path, write: Callable[[BinaryIO], None], size: int | Non
         raise
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    _atomic(path, lambda file: file.write(data), len(data))
-
-
 def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    data = text.encode("utf-8")
+    _atomic(path, lambda file: file.write(data), len(data))
 
 
 def atomic_torch_save(obj, path: str | Path) -> None:

@@ -495,7 +495,7 @@ def _html_name(notebook: str) -> str:
 
 def _figures(folder: Path) -> list[Path]:
     order = list(FIGURES)
-    return sorted((*folder.glob("*.png"), *folder.glob("*.jpg")),
+    return sorted(folder.glob("*.png"),
                   key=lambda p: (order.index(p.stem) if p.stem in order else len(order), p.name))
 
 
@@ -621,10 +621,11 @@ dt{font-weight:600} dd{margin:0}
 """
 
 
-def write_report(profile_dir: str | Path, title: str | None = None, render: bool = True) -> list[dict]:
-    """Write ``results.md``, ``summary.png`` and ``index.html`` into ``profile_dir`` and, with
-    ``render``, each run's notebook as HTML beside it (linked where it exists); returns the
-    sections (one per table)."""
+def write_report(profile_dir: str | Path, title: str | None = None, figures: bool = True) -> list[dict]:
+    """Write ``results.md`` and ``index.html`` into ``profile_dir`` and, with ``figures``,
+    ``summary.png`` and each run's notebook as HTML beside it; without, the report is text
+    and tables linking the notebooks (which hold the figures), for a copy kept in a
+    repository. Returns the sections (one per table)."""
     import matplotlib.pyplot as plt
 
     profile_dir = Path(profile_dir)
@@ -633,10 +634,12 @@ def write_report(profile_dir: str | Path, title: str | None = None, render: bool
     if results.empty:
         raise FileNotFoundError(f"{profile_dir}: no runs/**/metrics.json to report")
     sections = list(tables(results))
-    rendered = render_notebooks(profile_dir, dict.fromkeys(n for n in results["notebook"] if n)) if render else set()
-    fig = plot_summary(results)
-    fig.savefig(profile_dir / "summary.png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    rendered = set()
+    if figures:
+        rendered = render_notebooks(profile_dir, dict.fromkeys(n for n in results["notebook"] if n))
+        fig = plot_summary(results)
+        fig.savefig(profile_dir / "summary.png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
 
     definitions = _used(sections)
     papers = list(dict.fromkeys(s["paper"].key for s in sections))
@@ -646,9 +649,10 @@ def write_report(profile_dir: str | Path, title: str | None = None, render: bool
             + " · ".join(f"<a href='#{k}'>{k.upper()}</a>" for k in papers)
             + " · <a href='#definitions'>metric definitions</a></nav>", _claims_html(claims),
             (f"<h2 id='results'>Results</h2><p>{_e(NOTE)} Metric names are defined "
-             "<a href='#definitions'>below</a>.</p>"),
-            (f"<figure class='summary'><img src='summary.png' alt='{_e(SUMMARY_CAPTION)}'>"
-             f"<figcaption>{_e(SUMMARY_CAPTION)}</figcaption></figure>")]
+             "<a href='#definitions'>below</a>.</p>")]
+    if figures:
+        page.append(f"<figure class='summary'><img src='summary.png' alt='{_e(SUMMARY_CAPTION)}'>"
+                    f"<figcaption>{_e(SUMMARY_CAPTION)}</figcaption></figure>")
     for key in papers:
         paper = PAPERS[key]
         said = "; ".join(dict.fromkeys(claim.text for claim in paper.claims))

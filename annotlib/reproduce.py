@@ -216,13 +216,14 @@ def preflight(runs: list[Run]) -> list[str]:
 def export(profile_dir: Path, target: Path, with_checkpoints: bool = False, compact: bool = False) -> int:
     """Copy a profile's report, notebooks (executed and rendered), figures, metrics and configs
     into ``target``, a folder that reads on its own; checkpoints (``*.pt``) only when asked.
-    ``compact``: for a repository, without the notebooks' HTML renders (``index.html`` links the
-    notebooks themselves then) and with large figures as JPEG, in the notebooks and beside them
-    (:func:`compact_notebook`, :func:`compact_figure`).
-    Returns the bytes written."""
+    ``compact``: text only, for a repository: the executed notebooks (their large figures as
+    JPEG, :func:`compact_notebook`), metrics, configs and histories, and a report of text and
+    tables linking them; no renders, figure files or per-image test outputs (the claims'
+    intervals are computed from those before they are left out). Returns the bytes written."""
     if target.exists() and any(target.iterdir()):
         raise FileExistsError(f"{target}: not empty; export into a new folder")
-    skip = shutil.ignore_patterns(*(() if with_checkpoints else ("*.pt",)), ".*")
+    skip = shutil.ignore_patterns(*(() if with_checkpoints else ("*.pt",)), ".*",
+                                  *(("*.png", "*.jpg") if compact else ()))
 
     def ignore(folder: str, names: list[str]) -> set[str]:
         renders = {n for n in names if n.endswith(".html") and n[:-5] + ".ipynb" in names} if compact else set()
@@ -234,29 +235,19 @@ def export(profile_dir: Path, target: Path, with_checkpoints: bool = False, comp
 
         for notebook in target.rglob("*.ipynb"):
             compact_notebook(notebook)
-        for figure in target.rglob("*.png"):
-            compact_figure(figure)
-        # its links then lead to the notebooks, not the renders
-        write_report(target, title=f"annotlib results: {profile_dir.name}", render=False)
+        write_report(target, title=f"annotlib results: {profile_dir.name}", figures=False)
+        for outputs in target.rglob("*.npz"):
+            outputs.unlink()
     return sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
-
-
-def _jpeg(png: bytes, quality: int) -> bytes:
-    """``png`` as JPEG at ``quality``, transparency flattened onto white."""
-    from PIL import Image
-
-    image = Image.open(io.BytesIO(png)).convert("RGBA")
-    flat = Image.new("RGB", image.size, "white")
-    flat.paste(image, mask=image.getchannel("A"))
-    buffer = io.BytesIO()
-    flat.save(buffer, "JPEG", quality=quality)
-    return buffer.getvalue()
 
 
 def compact_notebook(path: Path, largest: int = 100_000, quality: int = 80) -> None:
     """Re-encode the PNG outputs of the notebook at ``path`` whose base64 text is over ``largest``
-    characters as JPEG at ``quality``: grids of photographs with heat maps (P4's attention per
-    word) take up to 1.4 MB as PNG and a tenth of that as JPEG; plots stay PNG."""
+    characters as JPEG at ``quality``, transparency flattened onto white: grids of photographs
+    with heat maps (P4's attention per word) take up to 1.4 MB as PNG and a tenth of that as
+    JPEG; plots stay PNG."""
+    from PIL import Image
+
     from .io import atomic_write_text
 
     notebook = json.loads(path.read_text(encoding="utf-8"))
@@ -265,25 +256,16 @@ def compact_notebook(path: Path, largest: int = 100_000, quality: int = 80) -> N
             data = output.get("data", {})
             if len(data.get("image/png", "")) <= largest:
                 continue
-            jpeg = _jpeg(base64.b64decode(data.pop("image/png")), quality)
-            data["image/jpeg"] = base64.b64encode(jpeg).decode("ascii")
+            image = Image.open(io.BytesIO(base64.b64decode(data.pop("image/png")))).convert("RGBA")
+            flat = Image.new("RGB", image.size, "white")
+            flat.paste(image, mask=image.getchannel("A"))
+            buffer = io.BytesIO()
+            flat.save(buffer, "JPEG", quality=quality)
+            data["image/jpeg"] = base64.b64encode(buffer.getvalue()).decode("ascii")
             metadata = output.get("metadata", {})
             if "image/png" in metadata:
                 metadata["image/jpeg"] = metadata.pop("image/png")
     atomic_write_text(path, json.dumps(notebook, indent=1, ensure_ascii=False) + "\n")
-
-
-def compact_figure(path: Path, largest: int = 400_000, quality: int = 80) -> Path:
-    """A PNG figure over ``largest`` bytes replaced by a JPEG of the same name (the report
-    shows either); returns the figure's path."""
-    if path.stat().st_size <= largest:
-        return path
-    from .io import atomic_write_bytes
-
-    target = path.with_suffix(".jpg")
-    atomic_write_bytes(target, _jpeg(path.read_bytes(), quality))
-    path.unlink()
-    return target
 
 
 def choose_launcher(parser: argparse.ArgumentParser, args: argparse.Namespace, out: Path):
@@ -393,8 +375,9 @@ def main(argv: list[str] | None = None) -> int:
                              "into DIR, a folder to share (checkpoints only with --with-checkpoints)")
     parser.add_argument("--with-checkpoints", action="store_true", help="--export: include the weights")
     parser.add_argument("--compact", action="store_true",
-                        help="--export: for a repository: no HTML renders of the notebooks, their "
-                             "large figures as JPEG (every file of reports/reference/real is under 1 MB)")
+                        help="--export: text only, for a repository: the executed notebooks (large "
+                             "figures as JPEG), metrics, configs and a report linking them; no renders, "
+                             "figure files or per-image test outputs")
     args = parser.parse_args(argv)
     for option, value in (("--with-checkpoints", args.with_checkpoints), ("--compact", args.compact)):
         if value and not args.export:

@@ -148,7 +148,7 @@ def citations(text: str) -> list[tuple[str, str | None]]:
 
 def test_the_link_check_finds_links_that_leave_the_repository_or_name_nothing():
     text = ("[design](DESIGN.md) [up](../../shared/PAPERS.md) [gone](missing.md#part) "
-            "![fig](../reports/reference/quick/summary.png) [web](https://example.org/x.md) [here](#p0) "
+            "![fig](../reports/reference/quick/results.md) [web](https://example.org/x.md) [here](#p0) "
             "`[code](nowhere.md)`\n\n[ref]: ../../outside.md\n")
     assert broken_links(text, DOC) == ["../../shared/PAPERS.md (outside the repository)",
                                        "missing.md#part (no such file)",
@@ -249,11 +249,12 @@ def test_every_number_of_the_readme_results_is_in_the_committed_report_it_cites(
         assert [n for n in numbers if n.lstrip("+-") not in report] == [], profile
 
 
-def test_the_committed_reports_are_valid_notebooks_and_files_under_1_mb():
+def test_the_committed_reports_are_text_valid_notebooks_and_files_under_1_mb():
     import nbformat
 
     files = [p for p in (REPO / "reports" / "reference").rglob("*") if p.is_file()]
     assert [str(p) for p in files if p.stat().st_size >= 2**20] == []
+    assert [str(p) for p in files if p.suffix in (".png", ".jpg", ".npz", ".pt")] == []
     notebooks = [p for p in files if p.suffix == ".ipynb"]
     assert len(notebooks) > 20
     for path in notebooks:

@@ -187,8 +187,9 @@ def preflight(runs: list[Run]) -> list[str]:
         for _, cfg in PAPERS[run.paper].trainings(run):
             if cfg.weights_file and cfg.weights_file not in seen:
                 seen.add(cfg.weights_file)
-                if not weights_path(cfg.weights_file).is_file():
-                    problems.append(f"weights_file {weights_path(cfg.weights_file)}: no such file")
+                path = weights_path(cfg.weights_file)
+                if not path.is_file():
+                    problems.append(f"weights_file {path}: no such file")
             if cfg.dataset == "synthetic" or (cfg.dataset, cfg.data_root, cfg.test_split) in seen:
                 continue  # the synthetic set is generated on first use
             seen.add((cfg.dataset, cfg.data_root, cfg.test_split))
@@ -309,16 +310,19 @@ def choose_launcher(parser: argparse.ArgumentParser, args: argparse.Namespace, o
 def set_roots(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Point $ANNOTLIB_DATA_ROOT and $ANNOTLIB_WEIGHTS_ROOT (which the notebooks' kernels
     inherit) at the folders given, else at the defaults the help names, and say which."""
-    for option, variable, given, default in (
-            ("--data-root", "ANNOTLIB_DATA_ROOT", args.data_root, SHARED_DATA),
-            ("--weights-root", "ANNOTLIB_WEIGHTS_ROOT", args.weights_root, None)):
-        if default is None:  # weights beside the datasets, as in the shared layout
-            default = Path(os.environ["ANNOTLIB_DATA_ROOT"]).parent / "weights"
-        folder = Path(given or os.environ.get(variable) or default)
-        if given and not folder.is_dir():
-            parser.error(f"{option} {given}: not a directory")
-        os.environ[variable] = str(folder.resolve())
-        print(f"{variable}={os.environ[variable]}" + ("" if folder.is_dir() else " (no such folder)"), flush=True)
+    data = set_root(parser, "--data-root", "ANNOTLIB_DATA_ROOT", args.data_root, SHARED_DATA)
+    # weights beside the datasets, as in the shared layout
+    set_root(parser, "--weights-root", "ANNOTLIB_WEIGHTS_ROOT", args.weights_root, data.parent / "weights")
+
+
+def set_root(parser: argparse.ArgumentParser, option: str, variable: str, given: str | None,
+             default: Path) -> Path:
+    folder = Path(given or os.environ.get(variable) or default).resolve()
+    if given and not folder.is_dir():
+        parser.error(f"{option} {given}: not a directory")
+    os.environ[variable] = str(folder)
+    print(f"{variable}={folder}" + ("" if folder.is_dir() else " (no such folder)"), flush=True)
+    return folder
 
 
 def main(argv: list[str] | None = None) -> int:

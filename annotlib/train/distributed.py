@@ -13,6 +13,7 @@ all of it back in the split's order (:func:`gather_shards`). Only rank 0 writes.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 from collections.abc import Callable
@@ -67,6 +68,9 @@ def setup(device: torch.device) -> Context:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # Left to the interpreter's teardown, gloo's threads sometimes abort the process
+        # ("terminate called without an active exception") after a finished run.
+        atexit.register(dist.destroy_process_group)
     return Context(device, rank, world_size)
 
 
